@@ -55,7 +55,9 @@ class Preprocessing:
                 f"patch_size must be three positive integers (z, y, x), got {self.patch_size}"
             )
         if not self.ct_clip[0] < self.ct_clip[1]:
-            raise ValueError(f"ct_clip must be (lower, upper) with lower < upper, got {self.ct_clip}")
+            raise ValueError(
+                f"ct_clip must be (lower, upper) with lower < upper, got {self.ct_clip}"
+            )
         if not self.ct_std > 0:
             raise ValueError(f"ct_std must be positive, got {self.ct_std}")
 

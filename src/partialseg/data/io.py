@@ -1,0 +1,150 @@
+"""Reading and writing CT volumes and label maps with SimpleITK, keeping geometry."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+class ImageReadError(ValueError):
+    """An image file exists but cannot be read as a 3D image."""
+
+
+class GeometryMismatchError(ValueError):
+    """Two images that must share a voxel grid do not."""
+
+
+def read_image(path: str | os.PathLike[str]) -> sitk.Image:
+    """Read a 3D image from a file (NIfTI, NRRD, MHA) or a DICOM series folder.
+
+    Args:
+        path: An image file, or a folder holding exactly one DICOM series.
+
+    Returns:
+        The image with its size, spacing, origin and direction.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ImageReadError: The file is corrupt, not an image, or not 3D.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> write_image(sitk.Image([4, 5, 6], sitk.sitkInt16), folder / "ct.nii.gz")
+        >>> read_image(folder / "ct.nii.gz").GetSize()
+        (4, 5, 6)
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        image = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        first_line = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+        raise ImageReadError(
+            f"could not read {path} as an image ({first_line}); check that the file is a "
+            "complete NIfTI, NRRD, MHA file or a DICOM series folder"
+        ) from error
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise ImageReadError(
+            f"{path} must be a single-channel 3D image, got dimension {image.GetDimension()} "
+            f"with {image.GetNumberOfComponentsPerPixel()} component(s) per voxel"
+        )
+    return image
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series_ids:
+        raise ImageReadError(f"no DICOM series found in folder {folder}")
+    if len(series_ids) > 1:
+        raise ImageReadError(
+            f"folder {folder} holds {len(series_ids)} DICOM series; pass a folder with one series"
+        )
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0])
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    return reader.Execute()
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike[str], *, compress: bool = True) -> None:
+    """Write ``image`` to ``path`` atomically (a temporary file, then a rename).
+
+    Args:
+        image: The image to write.
+        path: Target file; the suffix selects the format (``.nii.gz``, ``.nrrd``, ...).
+        compress: Use the format's compression where it has one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix)
+    os.close(descriptor)
+    try:
+        sitk.WriteImage(image, temporary, compress)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def check_same_grid(
+    image: sitk.Image,
+    label: sitk.Image,
+    *,
+    image_name: str = "image",
+    label_name: str = "label",
+    tolerance: float = 1e-3,
+) -> None:
+    """Raise unless ``image`` and ``label`` share size, spacing, origin and direction.
+
+    Args:
+        image: The reference image.
+        label: The image that must lie on the same voxel grid.
+        image_name: Name of the image in the error message (usually its path).
+        label_name: Name of the label map in the error message.
+        tolerance: Absolute tolerance for spacing, origin (mm) and direction cosines.
+
+    Raises:
+        GeometryMismatchError: A property differs; the message names both values.
+    """
+    checks = {
+        "size": (image.GetSize(), label.GetSize(), 0.0),
+        "spacing": (image.GetSpacing(), label.GetSpacing(), tolerance),
+        "origin": (image.GetOrigin(), label.GetOrigin(), tolerance),
+        "direction": (image.GetDirection(), label.GetDirection(), tolerance),
+    }
+    for prop, (expected, received, tol) in checks.items():
+        if not np.allclose(expected, received, rtol=0.0, atol=tol):
+            raise GeometryMismatchError(
+                f"{label_name} does not lie on the grid of {image_name}: {prop} "
+                f"{_rounded(received)} vs {_rounded(expected)}; "
+                "resample the label map onto the image grid (nearest neighbour) first"
+            )
+
+
+def _rounded(values: tuple[float, ...]) -> tuple[float, ...]:
+    return tuple(round(v, 4) for v in values)
+
+
+def image_stem(path: str | os.PathLike[str]) -> str:
+    """Return the file name without its image suffix (``ct.nii.gz`` gives ``ct``).
+
+    Example:
+        >>> image_stem("/data/case_001_0000.nii.gz")
+        'case_001_0000'
+    """
+    name = Path(path).name
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
