@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -11,6 +12,7 @@ if TYPE_CHECKING:
 
     from partialseg.data.preprocessing import Preprocessing
     from partialseg.labels.registry import LabelRegistry
+    from partialseg.nn.heads import ClassHeads, ClassHeadsView
 
 
 class SegmentationNetwork(nn.Module):
@@ -49,9 +51,49 @@ class SegmentationNetwork(nn.Module):
         self.preprocessing: Preprocessing | None = None
 
     @property
+    def class_names(self) -> list[str]:
+        """Output class names in channel order, read from ``self.heads`` once it exists."""
+        heads = self._modules.get("heads")
+        if heads is not None:
+            return list(heads.class_names)
+        return list(self._class_names)
+
+    @class_names.setter
+    def class_names(self, names: Sequence[str]) -> None:
+        self._class_names = list(names)
+
+    @property
     def num_classes(self) -> int:
         """Number of output classes."""
         return len(self.class_names)
+
+    def add_classes(self, names: Sequence[str]) -> None:
+        """Append freshly initialised output heads; see :meth:`ClassHeads.add_classes`.
+
+        The parameters of the heads are replaced, so build the optimizer again.
+        """
+        self._class_heads().add_classes(names)
+
+    def remove_classes(self, names: Sequence[str]) -> None:
+        """Remove output heads; see :meth:`ClassHeads.remove_classes`."""
+        self._class_heads().remove_classes(names)
+
+    def reorder_classes(self, names: Sequence[str]) -> None:
+        """Reorder the output heads; see :meth:`ClassHeads.reorder`."""
+        self._class_heads().reorder(names)
+
+    def select_classes(self, names: Sequence[str]) -> ClassHeadsView:
+        """Return a view of the heads computing only ``names``; see :meth:`ClassHeads.select`."""
+        return self._class_heads().select(names)
+
+    def _class_heads(self) -> ClassHeads:
+        heads = self._modules.get("heads")
+        if heads is None:
+            raise TypeError(
+                f"{type(self).__name__} has no ClassHeads module named 'heads', "
+                "so its classes cannot be edited"
+            )
+        return heads
 
     def save_pretrained(self, directory: str | Path, **kwargs: Any) -> Path:
         """Write ``config.json`` and ``model.safetensors`` to ``directory``.
