@@ -45,7 +45,11 @@ def build_registry(datasets: list[RawDataset]) -> LabelRegistry:
                 f"dataset name {dataset.name!r} appears twice ({dataset.root}); "
                 "dataset folders must have distinct names"
             )
-        registry.merge(LabelRegistry.from_dataset_json(dataset.metadata, dataset_name=dataset.name))
+        labels = LabelRegistry.from_dataset_json(dataset.metadata, dataset_name=dataset.name)
+        declared = labels.dataset(dataset.name)
+        registry.add_dataset(
+            dataset.name, dict(declared.classes), label_values=declared.label_values
+        )
     return registry
 
 
