@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +48,8 @@ def read_image(path: str | os.PathLike[str]) -> sitk.Image:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"image not found: {path}")
+    if path.suffix == ".gz":
+        _check_gzip_complete(path)
     try:
         image = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -60,6 +64,22 @@ def read_image(path: str | os.PathLike[str]) -> sitk.Image:
             f"with {image.GetNumberOfComponentsPerPixel()} component(s) per voxel"
         )
     return image
+
+
+def _check_gzip_complete(path: Path, chunk_size: int = 1 << 24) -> None:
+    """Raise unless the gzip stream of ``path`` decompresses to its end.
+
+    ITK's NIfTI reader fills the missing part of a truncated ``.nii.gz`` with zeros
+    instead of failing, so the stream is checked first.
+    """
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(chunk_size):
+                pass
+    except (EOFError, OSError, zlib.error) as error:
+        raise ImageReadError(
+            f"{path} is truncated or corrupt ({error}); download or export it again"
+        ) from error
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:

@@ -1,0 +1,183 @@
+"""Reading images and nnU-Net raw datasets, and the errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from partialseg.data.cases import ct_statistics, load_case, load_cases
+from partialseg.data.io import (
+    GeometryMismatchError,
+    ImageReadError,
+    check_same_grid,
+    read_image,
+    write_image,
+)
+from partialseg.data.nnunet import Case, read_raw_dataset
+from partialseg.training import build_registry
+
+
+def _copy_dataset(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def test_read_image_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"missing\.nii\.gz"):
+        read_image(tmp_path / "missing.nii.gz")
+
+
+def test_read_image_corrupt_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.nii.gz"
+    path.write_bytes(b"this is not a NIfTI file")
+    with pytest.raises(ImageReadError, match=r"broken\.nii\.gz"):
+        read_image(path)
+
+
+def test_read_image_truncated_file(tmp_path: Path, data_root: Path) -> None:
+    source = data_root / "openkbp" / "pt_20" / "ct.nii.gz"
+    path = tmp_path / "truncated.nii.gz"
+    path.write_bytes(source.read_bytes()[:5000])
+    with pytest.raises(ImageReadError, match=r"truncated\.nii\.gz"):
+        read_image(path)
+
+
+def test_read_image_rejects_2d(tmp_path: Path) -> None:
+    path = tmp_path / "slice.nii.gz"
+    sitk.WriteImage(sitk.Image([8, 8], sitk.sitkInt16), str(path))
+    with pytest.raises(ImageReadError, match="3D"):
+        read_image(path)
+
+
+def test_read_dicom_series(data_root: Path) -> None:
+    image = read_image(data_root / "totalseg" / "example_ct_dicom")
+    assert image.GetSize() == (512, 512, 20)
+    assert image.GetSpacing()[2] == pytest.approx(2.0, abs=0.01)
+
+
+def test_write_image_round_trip_keeps_geometry(tmp_path: Path) -> None:
+    image = sitk.GetImageFromArray(np.arange(60, dtype=np.int16).reshape(3, 4, 5))
+    image.SetSpacing((0.7, 0.8, 2.5))
+    image.SetOrigin((10.0, -20.0, 30.0))
+    image.SetDirection((0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    write_image(image, tmp_path / "out.nii.gz")
+    result = read_image(tmp_path / "out.nii.gz")
+    check_same_grid(image, result)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(result), sitk.GetArrayFromImage(image))
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_check_same_grid_names_property_and_values() -> None:
+    image = sitk.Image([4, 4, 4], sitk.sitkInt16)
+    label = sitk.Image([4, 4, 4], sitk.sitkUInt8)
+    label.SetOrigin((0.0, 0.0, 5.0))
+    with pytest.raises(GeometryMismatchError, match=r"origin \(0.0, 0.0, 5.0\)"):
+        check_same_grid(image, label, label_name="lbl.nii.gz")
+
+
+def test_raw_dataset_reads_cases(data_root: Path) -> None:
+    dataset = read_raw_dataset(data_root / "collection" / "DatasetF_OKBPfull")
+    assert dataset.name == "DatasetF_OKBPfull"
+    assert len(dataset.cases) == 10
+    assert dataset.labels["Esophagus"] == 5
+
+
+def test_raw_dataset_missing_label_file(tmp_path: Path, data_root: Path) -> None:
+    root = _copy_dataset(data_root / "collection" / "DatasetG_RadiomicsLungLesion", tmp_path / "G")
+    removed = sorted((root / "labelsTr").iterdir())[0]
+    removed.unlink()
+    with pytest.raises(FileNotFoundError, match=removed.name):
+        read_raw_dataset(root)
+
+
+def test_raw_dataset_missing_dataset_json(tmp_path: Path) -> None:
+    (tmp_path / "imagesTr").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"dataset\.json"):
+        read_raw_dataset(tmp_path)
+
+
+def test_raw_dataset_empty(tmp_path: Path) -> None:
+    (tmp_path / "imagesTr").mkdir()
+    (tmp_path / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "liver": 1}}))
+    with pytest.raises(ValueError, match="no training cases"):
+        read_raw_dataset(tmp_path)
+
+
+def test_raw_dataset_invalid_json(tmp_path: Path) -> None:
+    (tmp_path / "dataset.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        read_raw_dataset(tmp_path)
+
+
+def test_load_case_undeclared_label_value(synthetic_collection: list[Path], tmp_path: Path) -> None:
+    root = _copy_dataset(synthetic_collection[1], tmp_path / "S2")
+    dataset = read_raw_dataset(root)
+    case = dataset.cases[0]
+    label = sitk.ReadImage(str(case.label_path))
+    array = sitk.GetArrayFromImage(label)
+    array[0, 0, 0] = 9
+    corrupted = sitk.GetImageFromArray(array)
+    corrupted.CopyInformation(label)
+    sitk.WriteImage(corrupted, str(case.label_path))
+    registry = build_registry([dataset])
+    with pytest.raises(ValueError, match=r"9") as error:
+        load_case(case, (3.0, 2.5, 2.5), registry)
+    assert case.label_path.name in str(error.value)
+
+
+def test_load_case_mismatched_grid(synthetic_collection: list[Path], tmp_path: Path) -> None:
+    root = _copy_dataset(synthetic_collection[2], tmp_path / "S3")
+    dataset = read_raw_dataset(root)
+    case = dataset.cases[0]
+    label = sitk.ReadImage(str(case.label_path))
+    label.SetSpacing((1.0, 1.0, 1.0))
+    sitk.WriteImage(label, str(case.label_path))
+    with pytest.raises(GeometryMismatchError, match="spacing"):
+        load_case(case, (3.0, 2.5, 2.5), build_registry([dataset]))
+
+
+def test_load_case_nan_intensities(synthetic_collection: list[Path], tmp_path: Path) -> None:
+    # ITK's NIfTI reader turns NaN into 0, so the NaN case arrives through MHA files.
+    dataset = read_raw_dataset(synthetic_collection[2])
+    source = dataset.cases[0]
+    image = sitk.Cast(sitk.ReadImage(str(source.image_path)), sitk.sitkFloat32)
+    array = sitk.GetArrayFromImage(image)
+    array[3, 3, 3] = np.nan
+    broken = sitk.GetImageFromArray(array)
+    broken.CopyInformation(image)
+    sitk.WriteImage(broken, str(tmp_path / "ct.mha"))
+    sitk.WriteImage(sitk.ReadImage(str(source.label_path)), str(tmp_path / "label.mha"))
+    case = Case("nan_case", dataset.name, tmp_path / "ct.mha", tmp_path / "label.mha")
+    with pytest.raises(ValueError, match="NaN") as error:
+        load_case(case, (3.0, 2.5, 2.5), build_registry([dataset]))
+    assert "ct.mha" in str(error.value)
+
+
+def test_load_cases_resamples_to_spacing(synthetic_collection: list[Path]) -> None:
+    dataset = read_raw_dataset(synthetic_collection[0])
+    cases = load_cases(dataset.cases, (6.0, 5.0, 5.0), build_registry([dataset]), progress=False)
+    assert cases[0].image.shape == (16, 32, 32)
+    assert cases[0].label.shape == (16, 32, 32)
+    assert set(cases[0].foreground) == {1, 2, 3}
+
+
+def test_ct_statistics_on_synthetic_tissue(synthetic_collection: list[Path]) -> None:
+    dataset = read_raw_dataset(synthetic_collection[0])
+    cases = load_cases(dataset.cases, (3.0, 2.5, 2.5), build_registry([dataset]), progress=False)
+    (lower, upper), mean, std = ct_statistics(cases)
+    # Labelled tissue is drawn at 15 to 60 HU with noise of sd 15 HU.
+    assert -60 < lower < 15
+    assert 60 < upper < 120
+    assert 30 < mean < 60
+    assert 10 < std < 40
+
+
+def test_build_registry_rejects_duplicate_names(synthetic_collection: list[Path]) -> None:
+    dataset = read_raw_dataset(synthetic_collection[0])
+    with pytest.raises(ValueError, match="appears twice"):
+        build_registry([dataset, dataset])
