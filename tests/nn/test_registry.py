@@ -20,6 +20,10 @@ TINY = {
         {"features_per_stage": [4, 4, 4, 4, 4, 4]},
         (1, 1, 32, 64, 64),
     ),
+    "resenc_unet": (
+        {"features_per_stage": [4, 8, 16], "strides": [1, 2, 2], "blocks_per_stage": [1, 2, 1]},
+        (2, 1, 8, 16, 16),
+    ),
     "multitalent_resenc_unet": (
         {"features_per_stage": [4, 4, 4, 4, 4, 4]},
         (1, 1, 32, 64, 64),

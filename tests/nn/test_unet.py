@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from partialseg.nn import PlainUNet, create_model, plan_topology
+from partialseg.nn.blocks import expand_per_stage
 from partialseg.nn.registry import multitalent_class_names
-from partialseg.nn.unet import expand_per_stage
 
 
 def test_multitalent_unet_parameter_count():

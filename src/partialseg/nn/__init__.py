@@ -3,12 +3,15 @@
 from partialseg.nn.base import SegmentationNetwork
 from partialseg.nn.heads import ClassHeads, ClassHeadsView
 from partialseg.nn.registry import create_model, list_models, register_model
-from partialseg.nn.unet import PlainUNet, Topology, plan_topology
+from partialseg.nn.resenc_unet import ResEncUNet
+from partialseg.nn.topology import Topology, plan_topology
+from partialseg.nn.unet import PlainUNet
 
 __all__ = [
     "ClassHeads",
     "ClassHeadsView",
     "PlainUNet",
+    "ResEncUNet",
     "SegmentationNetwork",
     "Topology",
     "create_model",
