@@ -102,3 +102,102 @@ def test_revision_for_local_directory_warns(network, tmp_path):
 
     with pytest.warns(UserWarning, match="revision='v1' is ignored"):
         from_pretrained(tmp_path, revision="v1")
+
+
+def test_save_into_existing_directory(network, tmp_path):
+    from .conftest import make_network
+
+    save_pretrained(make_network(classes=["old"]), tmp_path)
+    (tmp_path / "train_log.txt").write_text("epoch 1")
+
+    save_pretrained(network, tmp_path)
+
+    assert (tmp_path / "train_log.txt").read_text() == "epoch 1"
+    assert from_pretrained(tmp_path).class_names == network.class_names
+    leftovers = [path.name for path in tmp_path.parent.iterdir() if path.name.endswith(".partial")]
+    assert leftovers == []
+
+
+def test_save_leaves_no_staging_folder(network, tmp_path):
+    save_pretrained(network, tmp_path / "model")
+
+    assert [path.name for path in tmp_path.iterdir()] == ["model"]
+
+
+def test_save_to_file_rejected(network, tmp_path):
+    target = tmp_path / "model.bin"
+    target.write_text("x")
+
+    with pytest.raises(NotADirectoryError, match="it is a file"):
+        save_pretrained(network, target)
+
+
+def fail_after_partial_write(tensors, filename, metadata=None):
+    with open(filename, "wb") as file:
+        file.write(b"half a file")
+    raise OSError("disk full")
+
+
+def test_failed_save_leaves_no_model(network, tmp_path, monkeypatch):
+    monkeypatch.setattr("partialseg.hub.serialization.save_file", fail_after_partial_write)
+
+    with pytest.raises(OSError, match="disk full"):
+        save_pretrained(network, tmp_path / "model")
+
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_save_keeps_previous_model(network, tmp_path, monkeypatch):
+    save_pretrained(network, tmp_path / "model")
+    monkeypatch.setattr("partialseg.hub.serialization.save_file", fail_after_partial_write)
+
+    with pytest.raises(OSError, match="disk full"):
+        save_pretrained(network, tmp_path / "model")
+
+    assert [path.name for path in tmp_path.iterdir()] == ["model"]
+    assert from_pretrained(tmp_path / "model").class_names == network.class_names
+
+
+def test_model_args_not_json(network, tmp_path):
+    network.model_args["activation"] = torch.nn.ReLU
+
+    with pytest.raises(TypeError, match=r"model_args\['activation'\] .* cannot be written"):
+        save_pretrained(network, tmp_path)
+
+
+class TiedNetwork(SegmentationNetwork):
+    def __init__(self, *, class_names, width=3):
+        super().__init__(
+            architecture="hub_test_tied", model_args={"width": width}, class_names=class_names
+        )
+        self.encode = torch.nn.Linear(width, width, bias=False)
+        self.decode = torch.nn.Linear(width, width, bias=False)
+        self.decode.weight = self.encode.weight
+        values = torch.arange(2 * width, dtype=torch.float32)
+        self.register_buffer("lower", values[:width])
+        self.register_buffer("upper", values[width:])
+
+
+@pytest.fixture
+def tied_architecture():
+    from partialseg.nn import register_model
+    from partialseg.nn.registry import _BUILDERS
+
+    register_model("hub_test_tied")(TiedNetwork)
+    yield "hub_test_tied"
+    _BUILDERS.pop("hub_test_tied")
+
+
+def test_tied_weights_round_trip(tied_architecture, tmp_path):
+    from partialseg.nn import create_model
+
+    network = create_model(tied_architecture, classes=["a"])
+    torch.nn.init.normal_(network.encode.weight)
+    save_pretrained(network, tmp_path, model_card=False)
+
+    loaded = from_pretrained(tmp_path)
+
+    assert loaded.decode.weight is loaded.encode.weight
+    assert torch.equal(loaded.encode.weight, network.encode.weight)
+    assert torch.equal(loaded.lower, torch.tensor([0.0, 1.0, 2.0]))
+    assert torch.equal(loaded.upper, torch.tensor([3.0, 4.0, 5.0]))

@@ -303,6 +303,8 @@ def _publish(staging: Path, directory: Path) -> None:
             if not directory.is_dir():
                 raise
     # config.json goes last, so a reader never sees a new config beside old weights.
+    # NOTE: a crash between two replacements leaves the new weights beside the old
+    # config.json. from_pretrained rejects that pair only when keys or shapes differ.
     for name in (WEIGHTS_NAME, MODEL_CARD_NAME, CONFIG_NAME):
         if (staging / name).exists():
             os.replace(staging / name, directory / name)
