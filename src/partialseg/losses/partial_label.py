@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-DICE_DENOMINATOR_MIN = 1e-7
+from partialseg.losses._targets import binary_targets, label_map_targets, resize_nearest
+from partialseg.losses._terms import bce_term, dice_terms, level_statistics
+from partialseg.losses.distributed import all_reduce_sum, distributed_world_size
+
+if TYPE_CHECKING:
+    from partialseg.labels import LabelRegistry
+
+CLASS_REDUCTIONS = ("sum", "mean")
 
 
 def deep_supervision_weights(num_levels: int) -> list[float]:
     """Return the MultiTalent deep-supervision weights for ``num_levels`` outputs.
 
     Weight i is proportional to 2^-i (highest resolution first), the lowest
-    resolution output gets weight 0 and the weights sum to 1. A single output gets
-    weight 1.
+    resolution output gets weight 0 and the weights sum to 1 (Ulrich et al., MICCAI
+    2023, following nnU-Net). A single output gets weight 1.
 
     Args:
         num_levels: Number of network outputs.
@@ -44,7 +52,7 @@ def deep_supervision_weights(num_levels: int) -> list[float]:
 
 
 class PartialLabelLoss(nn.Module):
-    """Sigmoid BCE plus batch Dice over annotated (sample, class) pairs only.
+    r"""Sigmoid BCE plus Dice over annotated (sample, class) pairs only.
 
     This is the loss of MultiTalent (Ulrich et al., MICCAI 2023). For each
     deep-supervision level i, with V(b) the classes annotated by the dataset of
@@ -59,13 +67,51 @@ class PartialLabelLoss(nn.Module):
 
     Classes a sample's dataset does not annotate contribute nothing for that
     sample: they are unknown, not negative. An annotated class that is empty in
-    the target contributes Dice 0. The loss is computed in float32 whatever the
-    dtype of the logits, and BCE uses log-sigmoid terms, so it stays finite for
-    large logits under mixed precision.
+    the target contributes Dice 0. ``BCE - DC`` differs from ``BCE + (1 - DC)`` by
+    a constant. The defaults reproduce the formula above. The loss is computed in
+    float32 whatever the dtype of the logits, sigmoid is evaluated once per level,
+    and BCE uses softplus terms, so it stays finite for large logits.
+
+    Options change the formula as follows:
+
+    - ``batch_dice=False``: every annotated (sample, class) pair gets its own Dice
+      from its own TP, FP and FN, and a class's Dice is the mean over the samples
+      that annotate it. The class sum then has the same scale as batch Dice.
+    - ``class_reduction="mean"``: BCE_i is divided by the number of annotated
+      pairs and DC_i by the number of classes annotated by any sample.
+    - ``smooth``: Dice becomes (2*TP + smooth) / max(2*TP + FP + FN + smooth, 1e-7).
+      With ``smooth > 0`` an annotated empty class whose prediction is empty has
+      Dice 1 instead of 0.
+    - ``ignore_index``: for integer label maps, voxels with this value are left out
+      of every class; for binary maps, elements with this value are left out of
+      their class. Left-out voxels count neither in the BCE mean nor in the Dice
+      sums. A registry dataset's ``ignore_value`` is always left out.
+
+    Under ``torch.distributed`` (see ``distributed``) the Dice sums are pooled
+    over the global batch with an autograd-aware all-reduce, and each rank's BCE
+    is multiplied by the world size W. Then, for the same samples split over
+    ranks, (a) the value returned on every rank equals the single-process loss on
+    the concatenated batch, and (b) after DDP averages the parameter gradients
+    over ranks, they equal the single-process gradients. The gradient of a rank's
+    own logits is W times the single-process gradient of those logits.
 
     Args:
+        batch_dice: Pool TP, FP and FN over the annotated samples of the batch.
+        class_reduction: "sum" (published) or "mean", see above.
+        smooth: Constant added to the Dice numerator and denominator.
+        bce_weight: Factor of the BCE term.
+        dice_weight: Factor of the Dice term.
         deep_supervision_weights: One weight per level for list inputs. Defaults
             to :func:`deep_supervision_weights` of the number of levels.
+        ignore_index: Target value of unlabelled voxels, or None.
+        registry: Label registry used to encode integer label maps and to derive
+            the annotated mask from ``dataset_names``.
+        distributed: Pool over ranks; None pools when ``torch.distributed`` is
+            initialised with more than one rank.
+        process_group: Process group of the all-reduce; None is the default group.
+
+    Raises:
+        ValueError: If an option is out of range.
 
     Example:
         >>> import torch
@@ -77,53 +123,155 @@ class PartialLabelLoss(nn.Module):
         0.1931
     """
 
-    def __init__(self, *, deep_supervision_weights: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        batch_dice: bool = True,
+        class_reduction: Literal["sum", "mean"] = "sum",
+        smooth: float = 0.0,
+        bce_weight: float = 1.0,
+        dice_weight: float = 1.0,
+        deep_supervision_weights: Sequence[float] | None = None,
+        ignore_index: int | None = None,
+        registry: LabelRegistry | None = None,
+        distributed: bool | None = None,
+        process_group: Any = None,
+    ) -> None:
         super().__init__()
-        self.deep_supervision_weights = (
-            None
-            if deep_supervision_weights is None
-            else [float(w) for w in deep_supervision_weights]
-        )
+        if class_reduction not in CLASS_REDUCTIONS:
+            raise ValueError(
+                f"class_reduction must be one of {CLASS_REDUCTIONS}, got {class_reduction!r}"
+            )
+        for name, value in (
+            ("smooth", smooth),
+            ("bce_weight", bce_weight),
+            ("dice_weight", dice_weight),
+        ):
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
+        if deep_supervision_weights is not None:
+            deep_supervision_weights = [float(w) for w in deep_supervision_weights]
+            if not deep_supervision_weights or not all(
+                math.isfinite(w) and w >= 0 for w in deep_supervision_weights
+            ):
+                raise ValueError(
+                    "deep_supervision_weights must be a non-empty sequence of finite "
+                    f"non-negative numbers, got {deep_supervision_weights}"
+                )
+        self.batch_dice = batch_dice
+        self.class_reduction = class_reduction
+        self.smooth = float(smooth)
+        self.bce_weight = float(bce_weight)
+        self.dice_weight = float(dice_weight)
+        self.deep_supervision_weights = deep_supervision_weights
+        self.ignore_index = ignore_index
+        self.registry = registry
+        self.distributed = distributed
+        self.process_group = process_group
 
     def forward(
         self,
         logits: torch.Tensor | Sequence[torch.Tensor],
         targets: torch.Tensor | Sequence[torch.Tensor],
-        annotated: torch.Tensor,
+        annotated: torch.Tensor | None = None,
+        *,
+        dataset_names: Sequence[str] | None = None,
+        registry: LabelRegistry | None = None,
     ) -> torch.Tensor:
         """Compute the loss.
 
         Args:
             logits: Logits of shape (B, C, *spatial), or a list of them, highest
                 resolution first.
-            targets: Binary targets (any dtype, values 0 and 1) of the same shape
-                as each logits tensor, or a list matching ``logits``.
-            annotated: Bool tensor of shape (B, C), true where sample b's dataset
-                annotates class c.
+            targets: Per level either binary maps (B, C, *spatial) of any dtype with
+                values in [0, 1], or integer label maps (B, *spatial) that the
+                registry encodes. Either one tensor per level, or one tensor at the
+                resolution of the first level, which is resized to the lower levels
+                by nearest-neighbour selection.
+            annotated: Bool tensor (B, C), true where sample b's dataset annotates
+                class c. Derived from ``dataset_names`` and the registry if omitted.
+            dataset_names: The dataset of each sample; needed for label maps and
+                when ``annotated`` is omitted.
+            registry: Overrides the registry given to the constructor.
 
         Returns:
             A float32 scalar.
 
         Raises:
-            ValueError: If shapes or the number of levels do not match.
+            ValueError: If shapes, level counts or the registry do not match, or a
+                binary target lies outside [0, 1].
+            TypeError: If ``annotated`` is not a bool tensor.
         """
         logits_levels = [logits] if isinstance(logits, torch.Tensor) else list(logits)
-        target_levels = [targets] if isinstance(targets, torch.Tensor) else list(targets)
-        if len(target_levels) != len(logits_levels):
-            raise ValueError(
-                f"got {len(logits_levels)} logits levels but {len(target_levels)} target "
-                "levels; pass one targets tensor per logits tensor"
-            )
         weights = self._level_weights(len(logits_levels))
-        total = logits_levels[0].new_zeros((), dtype=torch.float32)
+        registry = registry if registry is not None else self.registry
+        first = logits_levels[0]
+        _check_logits(first)
+        annotated = self._annotated_mask(annotated, first, registry, dataset_names)
+        target_levels = _align_target_levels(targets, logits_levels)
+        world_size = self._world_size()
+
+        loss = first.new_zeros((), dtype=torch.float32)
+        bce_value = first.new_zeros((), dtype=torch.float32)
+        dice_value = first.new_zeros((), dtype=torch.float32)
         for weight, level_logits, level_targets in zip(
             weights, logits_levels, target_levels, strict=True
         ):
             if weight == 0:
                 continue
-            _check_shapes(level_logits, level_targets, annotated)
-            total = total + weight * _level_loss(level_logits, level_targets, annotated)
-        return total
+            bce, dice = self._level_terms(
+                level_logits, level_targets, annotated, registry, dataset_names, world_size
+            )
+            loss = loss + weight * (world_size * self.bce_weight * bce - self.dice_weight * dice)
+            bce_value = bce_value + weight * self.bce_weight * bce.detach()
+            dice_value = dice_value + weight * self.dice_weight * dice.detach()
+        if world_size == 1:
+            return loss
+
+        # The returned value is the global loss, while the gradient stays that of the
+        # rank's share, so that DDP's gradient averaging gives the global gradient.
+        global_value = all_reduce_sum(bce_value, group=self.process_group) - dice_value
+        return loss + (global_value - loss).detach()
+
+    def _level_terms(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        annotated: torch.Tensor,
+        registry: LabelRegistry | None,
+        dataset_names: Sequence[str] | None,
+        world_size: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_logits(logits)
+        targets = _resize_to_level(targets, logits)
+        if targets.ndim == logits.ndim - 1:
+            _check_registry(registry, dataset_names, logits)
+            targets, valid = label_map_targets(
+                targets,
+                registry=registry,
+                dataset_names=dataset_names,
+                ignore_index=self.ignore_index,
+            )
+        else:
+            targets, valid = binary_targets(targets, ignore_index=self.ignore_index)
+
+        stats = level_statistics(logits, targets, valid)
+        bce = bce_term(stats, annotated)
+        dice, pair_count = dice_terms(
+            stats,
+            annotated,
+            batch_dice=self.batch_dice,
+            smooth=self.smooth,
+            distributed=world_size > 1,
+            group=self.process_group,
+        )
+
+        annotated_classes = pair_count > 0
+        dice = torch.where(annotated_classes, dice, 0).sum()
+        if self.class_reduction == "mean":
+            bce = bce / pair_count.sum().clamp_min(1)
+            dice = dice / annotated_classes.sum().clamp_min(1)
+        return bce, dice
 
     def _level_weights(self, num_levels: int) -> list[float]:
         if self.deep_supervision_weights is None:
@@ -135,39 +283,106 @@ class PartialLabelLoss(nn.Module):
             )
         return self.deep_supervision_weights
 
+    def _world_size(self) -> int:
+        if self.distributed is False:
+            return 1
+        world_size = distributed_world_size(self.process_group)
+        if self.distributed and world_size == 1:
+            raise ValueError(
+                "distributed=True needs an initialised torch.distributed process group "
+                "with more than one rank; call init_process_group or pass distributed=None"
+            )
+        return world_size
 
-def _check_shapes(logits: torch.Tensor, targets: torch.Tensor, annotated: torch.Tensor) -> None:
-    if logits.ndim < 3:
-        raise ValueError(f"logits must have shape (B, C, *spatial), got {tuple(logits.shape)}")
-    if targets.shape != logits.shape:
+    def _annotated_mask(
+        self,
+        annotated: torch.Tensor | None,
+        logits: torch.Tensor,
+        registry: LabelRegistry | None,
+        dataset_names: Sequence[str] | None,
+    ) -> torch.Tensor:
+        if annotated is None:
+            if registry is None or dataset_names is None:
+                raise ValueError(
+                    "annotated is required unless both a registry and dataset_names are "
+                    "given, from which the loss derives it"
+                )
+            _check_registry(registry, dataset_names, logits)
+            annotated = registry.annotated_mask(dataset_names)
+        if not isinstance(annotated, torch.Tensor) or annotated.dtype != torch.bool:
+            received = getattr(annotated, "dtype", type(annotated).__name__)
+            raise TypeError(
+                f"annotated must be a bool tensor, got {received}; convert it with .bool()"
+            )
+        if annotated.shape != logits.shape[:2]:
+            raise ValueError(
+                f"annotated must have shape (B, C) = {tuple(logits.shape[:2])}, "
+                f"got {tuple(annotated.shape)}"
+            )
+        return annotated.to(logits.device)
+
+
+def _check_logits(logits: torch.Tensor) -> None:
+    if not isinstance(logits, torch.Tensor) or logits.ndim < 3:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"logits must be tensors of shape (B, C, *spatial), got {shape}")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be a floating-point tensor, got {logits.dtype}")
+
+
+def _check_registry(
+    registry: LabelRegistry | None, dataset_names: Sequence[str] | None, logits: torch.Tensor
+) -> None:
+    if registry is None or dataset_names is None:
         raise ValueError(
-            f"targets shape {tuple(targets.shape)} differs from logits shape {tuple(logits.shape)}"
+            "integer label maps of shape (B, *spatial) need registry= and dataset_names= "
+            "to be encoded; pass binary maps of shape (B, C, *spatial) otherwise"
         )
-    if annotated.shape != logits.shape[:2] or annotated.dtype != torch.bool:
+    if registry.num_classes != logits.shape[1]:
         raise ValueError(
-            f"annotated must be a bool tensor of shape (B, C) = {tuple(logits.shape[:2])}, "
-            f"got {annotated.dtype} of shape {tuple(annotated.shape)}"
+            f"the registry has {registry.num_classes} classes but the logits have "
+            f"{logits.shape[1]} channels"
+        )
+    if isinstance(dataset_names, str) or len(dataset_names) != logits.shape[0]:
+        raise ValueError(
+            f"dataset_names must list one dataset per sample ({logits.shape[0]}), "
+            f"got {dataset_names!r}"
         )
 
 
-def _level_loss(
-    logits: torch.Tensor, targets: torch.Tensor, annotated: torch.Tensor
-) -> torch.Tensor:
-    z = logits.float().flatten(2)
-    g = targets.to(device=z.device, dtype=torch.float32).flatten(2)
-    annotated = annotated.to(z.device)
-    num_voxels = z.shape[-1]
+def _align_target_levels(
+    targets: torch.Tensor | Sequence[torch.Tensor], logits_levels: list[torch.Tensor]
+) -> list[torch.Tensor]:
+    if isinstance(targets, torch.Tensor):
+        _check_target_shape(targets, logits_levels[0], level=0)
+        return [targets] * len(logits_levels)
+    targets = list(targets)
+    if len(targets) != len(logits_levels):
+        raise ValueError(
+            f"got {len(logits_levels)} logits levels but {len(targets)} target levels; "
+            "pass one targets tensor per level or a single full-resolution tensor"
+        )
+    for level, (level_targets, level_logits) in enumerate(zip(targets, logits_levels, strict=True)):
+        _check_target_shape(level_targets, level_logits, level=level)
+    return targets
 
-    # BCE with logits is softplus(z) - g*z; einsum reduces g*z without a full product.
-    bce = (F.softplus(z).sum(-1) - torch.einsum("bcn,bcn->bc", z, g)) / num_voxels
-    bce_total = torch.where(annotated, bce, 0).sum()
 
-    p = torch.sigmoid(z)
-    true_positive = torch.einsum("bcn,bcn->bc", p, g)
-    # 2*TP + FP + FN equals sum(p) + sum(g).
-    denominator = p.sum(-1) + g.sum(-1)
-    pooled_tp = torch.where(annotated, true_positive, 0).sum(0)
-    pooled_denominator = torch.where(annotated, denominator, 0).sum(0)
-    dice = 2 * pooled_tp / pooled_denominator.clamp_min(DICE_DENOMINATOR_MIN)
-    dice_total = torch.where(annotated.any(0), dice, 0).sum()
-    return bce_total - dice_total
+def _check_target_shape(targets: torch.Tensor, logits: torch.Tensor, *, level: int) -> None:
+    if not isinstance(targets, torch.Tensor):
+        raise TypeError(f"targets must be tensors, got {type(targets).__name__} at level {level}")
+    binary = targets.shape == logits.shape
+    label_map = targets.shape == (logits.shape[0], *logits.shape[2:])
+    if not (binary or label_map):
+        raise ValueError(
+            f"targets at level {level} have shape {tuple(targets.shape)}, but logits of "
+            f"shape {tuple(logits.shape)} need binary maps of the same shape or label "
+            f"maps of shape {(logits.shape[0], *logits.shape[2:])}"
+        )
+
+
+def _resize_to_level(targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Resize full-resolution targets to a lower level's spatial shape."""
+    spatial = tuple(logits.shape[2:])
+    if tuple(targets.shape[-len(spatial) :]) == spatial:
+        return targets
+    return resize_nearest(targets, spatial)
