@@ -53,11 +53,11 @@ def test_config_not_object(saved):
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [
-        ("architecture", 3, "'architecture' must be a JSON str, got int 3"),
-        ("model_args", [], "'model_args' must be a JSON dict"),
+        ("architecture", 3, "'architecture' must be a JSON string, got int 3"),
+        ("model_args", [], "'model_args' must be a JSON object"),
         ("class_names", [], "'class_names' must be a non-empty list"),
         ("class_names", ["a", "a"], r"'class_names' repeats \['a'\]"),
-        ("format_version", True, "'format_version' must be a JSON int"),
+        ("format_version", True, "'format_version' must be a JSON integer"),
         ("labels", "D03", "'labels' must be a JSON object or null"),
     ],
     ids=["architecture-int", "model-args-list", "no-classes", "repeated-class", "bool", "labels"],

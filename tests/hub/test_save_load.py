@@ -201,3 +201,24 @@ def test_tied_weights_round_trip(tied_architecture, tmp_path):
     assert torch.equal(loaded.encode.weight, network.encode.weight)
     assert torch.equal(loaded.lower, torch.tensor([0.0, 1.0, 2.0]))
     assert torch.equal(loaded.upper, torch.tensor([3.0, 4.0, 5.0]))
+
+
+def test_top_level_loader(network, tmp_path):
+    import partialseg
+
+    save_pretrained(network, tmp_path)
+
+    assert partialseg.from_pretrained(tmp_path).class_names == network.class_names
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_round_trip(network, image, tmp_path):
+    save_pretrained(network.cuda(), tmp_path)
+
+    loaded = from_pretrained(tmp_path, map_location="cuda")
+
+    assert {parameter.device.type for parameter in loaded.parameters()} == {"cuda"}
+    expected = outputs_of(network, image.cuda())
+    actual = outputs_of(loaded, image.cuda())
+    for level_expected, level_actual in zip(expected, actual, strict=True):
+        assert torch.equal(level_expected, level_actual)

@@ -11,7 +11,7 @@ __all__ = [
 
 
 class ModelNotFoundError(FileNotFoundError):
-    """The model is neither in a local directory nor in the Hugging Face cache or Hub.
+    """A model folder, Hub repo, revision or model file was not found locally or on the Hub.
 
     Subclasses :class:`FileNotFoundError`, so handlers written for missing files
     keep working.

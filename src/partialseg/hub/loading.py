@@ -23,11 +23,11 @@ from huggingface_hub.utils import validate_repo_id
 from partialseg.hub.errors import InvalidModelConfigError, ModelNotFoundError
 from partialseg.hub.serialization import CONFIG_NAME, WEIGHTS_NAME, read_config, read_weights
 from partialseg.hub.transfer import load_matching_weights, transfer_weights
+from partialseg.labels import LabelRegistry
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from partialseg.labels import LabelRegistry
     from partialseg.nn.base import SegmentationNetwork
 
 __all__ = ["ModelFiles", "from_pretrained", "resolve_model_files"]
@@ -141,7 +141,7 @@ def from_pretrained(
             source=files.source,
         )
         logger.info("Loaded %s for fine-tuning: %s", files.source, report.summary())
-        if hasattr(classes, "class_names") and hasattr(classes, "to_dict"):
+        if isinstance(classes, LabelRegistry):
             network.label_registry = classes
     network.preprocessing = _preprocessing_from_config(config, source=files.source)
 
@@ -324,8 +324,6 @@ def _download(repo_id: str, filename: str, **options: Any) -> Path:
 def _registry_from_config(config: dict[str, Any], *, source: str) -> LabelRegistry | None:
     if config["labels"] is None:
         return None
-    from partialseg.labels import LabelRegistry
-
     try:
         registry = LabelRegistry.from_dict(config["labels"])
     except (TypeError, ValueError, KeyError) as error:

@@ -48,6 +48,7 @@ _REQUIRED_FIELDS = {
     "class_names": list,
     "format_version": int,
 }
+_JSON_TYPE_NAMES = {str: "string", dict: "object", list: "array", int: "integer"}
 
 
 def save_pretrained(
@@ -112,7 +113,9 @@ def save_pretrained(
         _publish(staging, directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    logger.info("Saved %s with %d classes to %s", network.architecture, len(tensors), directory)
+    logger.info(
+        "Saved %s with %d classes to %s", network.architecture, network.num_classes, directory
+    )
     return directory
 
 
@@ -228,7 +231,7 @@ def _check_fields(config: dict[str, Any], where: str) -> None:
         value = config[field]
         if not isinstance(value, expected) or isinstance(value, bool):
             raise InvalidModelConfigError(
-                f"{where} field {field!r} must be a JSON {expected.__name__}, "
+                f"{where} field {field!r} must be a JSON {_JSON_TYPE_NAMES[expected]}, "
                 f"got {type(value).__name__} {value!r}"
             )
     if config["format_version"] > FORMAT_VERSION:

@@ -138,7 +138,7 @@ def transfer_weights(
     """Load pretrained weights into a network built for other classes, to fine-tune it.
 
     Every tensor outside the :class:`~partialseg.nn.heads.ClassHeads` modules is
-    loaded when its key and shape match. Head tensors hold one row per class
+    loaded when its key and shape match. Head tensors have one row per class
     (dimension 0), so for every class of ``network`` whose full name is in
     ``source_class_names`` the saved row is copied into the class's new channel.
     Rows of the other classes keep the network's fresh initialisation. Every
