@@ -166,3 +166,17 @@ def test_weights_file_corrupt(saved):
 
     with pytest.raises(InvalidWeightsFileError, match=r"cannot read .* as a safetensors file"):
         from_pretrained(saved)
+
+
+def test_labels_disagree_with_class_names(saved):
+    from partialseg.labels import LabelRegistry
+
+    registry = LabelRegistry()
+    registry.add_dataset("D03", {"liver": [1, 2]})
+    edit_config(saved, labels=registry.to_dict())
+
+    with pytest.warns(UserWarning, match=r"lists the classes \['D03/liver'\]"):
+        loaded = from_pretrained(saved)
+
+    assert loaded.label_registry == registry
+    assert loaded.class_names == ["D03/liver", "D03/liver_tumor", "D09/spleen"]

@@ -298,7 +298,7 @@ def _download(repo_id: str, filename: str, **options: Any) -> Path:
         raise ModelNotFoundError(
             f"model {repo_id!r} (revision {revision!r}) is not a local directory, its "
             f"{filename} is not in the Hugging Face cache at {str(cache)!r}, and the Hub "
-            "was not contacted (HF_HUB_OFFLINE=1, local_files_only=True or no connection). "
+            "could not be reached (HF_HUB_OFFLINE=1, local_files_only=True or no connection). "
             f"Download it once while online with from_pretrained({repo_id!r}) or "
             f"`hf download {repo_id}`, pass cache_dir= if it is cached elsewhere, or pass "
             "the directory written by save_pretrained"
@@ -335,7 +335,7 @@ def _registry_from_config(config: dict[str, Any], *, source: str) -> LabelRegist
             f"the label registry in {CONFIG_NAME} of {source!r} lists the classes "
             f"{registry.class_names}, but the network outputs {config['class_names']}; "
             "channel c of the output is class_names[c]",
-            stacklevel=4,
+            stacklevel=3,
         )
     return registry
 
