@@ -87,6 +87,22 @@ def test_ranks_split_one_global_draw():
         assert share == global_draw[rank::3]
 
 
+def test_seed_and_epoch_do_not_alias():
+    first = DatasetBalancedSampler(CASES, num_samples=50, seed=0)
+    first.set_epoch(1)
+    second = DatasetBalancedSampler(CASES, num_samples=50, seed=1)
+    assert list(first) != list(second)
+
+
+def test_defaults_follow_torch_distributed(monkeypatch):
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 4)
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 3)
+    sampler = DatasetBalancedSampler(CASES, num_samples=10)
+    assert sampler.num_replicas == 4
+    assert sampler.rank == 3
+
+
 def test_dataset_weights_scale_shares():
     sampler = DatasetBalancedSampler(CASES, num_samples=10, dataset_weights={"C": 0.0})
     assert sampler.dataset_probabilities == pytest.approx({"A": 10 / 15, "B": 5 / 15, "C": 0.0})
@@ -105,6 +121,7 @@ def test_dataset_weights_unknown_name():
     ("kwargs", "message"),
     [
         ({"num_samples": 0}, "num_samples must be a positive int"),
+        ({"num_samples": 5, "seed": -1}, "seed must be a non-negative int"),
         ({"num_samples": 5, "alpha": math.nan}, "alpha must be a finite number"),
         ({"num_samples": 5, "num_replicas": 2, "rank": 2}, r"rank must be in \[0, 1\]"),
         ({"num_samples": 5, "dataset_weights": {"A": -1.0}}, "finite non-negative"),
@@ -113,7 +130,14 @@ def test_dataset_weights_unknown_name():
             "leave every dataset out",
         ),
     ],
-    ids=["zero-samples", "nan-alpha", "rank-too-large", "negative-weight", "all-zero"],
+    ids=[
+        "zero-samples",
+        "negative-seed",
+        "nan-alpha",
+        "rank-too-large",
+        "negative-weight",
+        "all-zero",
+    ],
 )
 def test_invalid_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):

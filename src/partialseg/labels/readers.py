@@ -85,3 +85,96 @@ def read_dataset_json(
         declared.add(ignore_value)
     logger.debug("Read %d classes of dataset %r from %s", len(classes), dataset_name, source)
     return dataset_name, classes, sorted(declared), ignore_value
+
+
+def scan_mask_folder(
+    path: str | Path, *, file_ending: str = ".nii.gz"
+) -> dict[str, dict[str, Path]]:
+    """Find the per-class mask files of a folder laid out as ``<case>/segmentations/<class>``.
+
+    This is the layout of the TotalSegmentator dataset: every case folder has a
+    ``segmentations`` folder with one binary mask file per class. A class whose
+    file is missing in a case is not annotated in that case.
+
+    Args:
+        path: The folder that contains the case folders.
+        file_ending: Extension of the mask files.
+
+    Returns:
+        Case name to class name to mask file, both sorted by name. Folders without
+        a ``segmentations`` folder are not cases and are left out.
+
+    Raises:
+        FileNotFoundError: If ``path`` does not exist or contains no case folder.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> with tempfile.TemporaryDirectory() as root:
+        ...     masks = pathlib.Path(root, "s0001", "segmentations")
+        ...     masks.mkdir(parents=True)
+        ...     _ = (masks / "liver.nii.gz").write_bytes(b"")
+        ...     {case: list(files) for case, files in scan_mask_folder(root).items()}
+        {'s0001': ['liver']}
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"mask folder not found: {root}")
+    cases: dict[str, dict[str, Path]] = {}
+    for case_folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        mask_folder = case_folder / "segmentations"
+        if not mask_folder.is_dir():
+            continue
+        files = sorted(f for f in mask_folder.iterdir() if f.name.endswith(file_ending))
+        cases[case_folder.name] = {f.name[: -len(file_ending)]: f for f in files}
+        if not files:
+            logger.warning(
+                "Case %s has no %s mask files in %s", case_folder.name, file_ending, mask_folder
+            )
+    if not cases:
+        raise FileNotFoundError(
+            f"no case folder with a 'segmentations' subfolder found in {root}; expected "
+            f"<case>/segmentations/<class>{file_ending}"
+        )
+    return cases
+
+
+def validate_mask_files(files: Mapping[str, Path]) -> None:
+    """Check that one case's mask files are binary and share one image grid.
+
+    Every file is read with SimpleITK.
+
+    Args:
+        files: Class name to mask file, for one case.
+
+    Raises:
+        ValueError: If a mask has values other than 0 and 1, or its size, spacing,
+            origin or direction differs from the first mask of the case.
+    """
+    import numpy as np
+    import SimpleITK as sitk
+
+    reference = None
+    for class_name, file in files.items():
+        image = sitk.ReadImage(str(file))
+        grid = (image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+        if reference is None:
+            reference = (file, grid)
+        elif not _same_grid(grid, reference[1]):
+            raise ValueError(
+                f"{file}: mask of class {class_name!r} has size, spacing, origin or direction "
+                f"{grid}, but {reference[0].name} of the same case has {reference[1]}; "
+                "resample the masks of a case onto one grid"
+            )
+        values = np.unique(sitk.GetArrayViewFromImage(image))
+        if not set(values.tolist()) <= {0, 1}:
+            raise ValueError(
+                f"{file}: mask of class {class_name!r} must contain only 0 and 1, got values "
+                f"{values.tolist()[:10]}"
+            )
+
+
+def _same_grid(first: tuple, second: tuple, tolerance: float = 1e-5) -> bool:
+    if first[0] != second[0]:
+        return False
+    pairs = zip(first[1] + first[2] + first[3], second[1] + second[2] + second[3], strict=True)
+    return all(abs(a - b) <= tolerance * max(1.0, abs(a), abs(b)) for a, b in pairs)

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
 
 import torch
 
 from partialseg.labels._dataset import (
-    FORMAT_VERSION,
     SEPARATOR,
     DatasetLabels,
     as_label_values,
     check_name,
     suggest_name,
 )
-from partialseg.labels._encoding import as_index_tensor, build_lookup, label_map_is_declared
+from partialseg.labels._encoding import EncodingMixin
+from partialseg.labels._serialization import SerializationMixin
 
 logger = logging.getLogger(__name__)
 
 
-class LabelRegistry:
+class LabelRegistry(EncodingMixin, SerializationMixin):
     """Every dataset's classes, each class one sigmoid output channel.
 
     A class is a set of the label values of its dataset, so nested classes such as
@@ -242,6 +239,145 @@ class LabelRegistry:
             start += len(entry.classes)
         raise AssertionError("unreachable: the dataset was found above")
 
+    def resolve(self, name: str) -> str:
+        """Return the full class name for a full or an unambiguous bare class name.
+
+        Args:
+            name: ``"<dataset>/<class>"``, or a bare class name that exactly one
+                dataset uses.
+
+        Returns:
+            The full class name ``"<dataset>/<class>"``.
+
+        Raises:
+            ValueError: If the name is unknown (the message suggests the closest
+                name) or a bare name belongs to several datasets (the message lists
+                them).
+
+        Example:
+            >>> registry = LabelRegistry()
+            >>> registry.add_dataset("D01", {"liver": [1, 2], "liver_tumor": [2]})
+            >>> registry.add_dataset("D07", {"liver": [1], "spleen": [2]})
+            >>> registry.resolve("spleen")
+            'D07/spleen'
+            >>> registry.resolve("D01/liver")
+            'D01/liver'
+            >>> registry.resolve("liver")
+            Traceback (most recent call last):
+            ...
+            ValueError: class name 'liver' is ambiguous: it matches ['D01/liver', 'D07/liver']...
+        """
+        if not isinstance(name, str):
+            raise TypeError(f"class name must be a str, got {type(name).__name__} {name!r}")
+        if SEPARATOR in name:
+            dataset_name, class_name = name.split(SEPARATOR, 1)
+            classes = self.dataset(dataset_name).classes
+            if class_name not in classes:
+                raise ValueError(
+                    f"dataset {dataset_name!r} has no class {class_name!r}."
+                    f"{suggest_name(class_name, classes)} Its classes: {list(classes)}"
+                )
+            return name
+        matches = [
+            f"{entry.name}{SEPARATOR}{name}"
+            for entry in self._datasets.values()
+            if name in entry.classes
+        ]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise ValueError(
+                f"class name {name!r} is ambiguous: it matches {matches}; "
+                "use the full name '<dataset>/<class>'"
+            )
+        bare_names = {c for entry in self._datasets.values() for c in entry.classes}
+        raise ValueError(
+            f"unknown class {name!r}.{suggest_name(name, [*bare_names, *self.class_names])}"
+        )
+
+    def channel_index(self, name: str) -> int:
+        """Return the output channel of a class.
+
+        Args:
+            name: A full or an unambiguous bare class name, see :meth:`resolve`.
+
+        Returns:
+            The channel index.
+
+        Raises:
+            ValueError: If the name is unknown or ambiguous.
+
+        Example:
+            >>> registry = LabelRegistry()
+            >>> registry.add_dataset("D01", {"liver": [1, 2], "liver_tumor": [2]})
+            >>> registry.channel_index("liver_tumor")
+            1
+        """
+        return self.class_names.index(self.resolve(name))
+
+    def shared_class_names(self) -> dict[str, list[str]]:
+        """Report the bare class names that more than one dataset uses.
+
+        These classes stay separate outputs because their annotation protocols may
+        differ; the report helps to decide whether to compare or merge them later.
+        Names are compared exactly, including case.
+
+        Returns:
+            Bare class name to the full names that use it, in channel order.
+
+        Example:
+            >>> registry = LabelRegistry()
+            >>> registry.add_dataset("D01", {"liver": [1, 2], "liver_tumor": [2]})
+            >>> registry.add_dataset("D07", {"liver": [1], "spleen": [2]})
+            >>> registry.shared_class_names()
+            {'liver': ['D01/liver', 'D07/liver']}
+        """
+        users: dict[str, list[str]] = {}
+        for full_name in self.class_names:
+            users.setdefault(full_name.split(SEPARATOR, 1)[1], []).append(full_name)
+        return {name: full_names for name, full_names in users.items() if len(full_names) > 1}
+
+    def merge(self, other: LabelRegistry) -> LabelRegistry:
+        """Return a registry with the datasets of both registries.
+
+        The datasets of ``self`` keep their channels, and the datasets that only
+        ``other`` has follow in ``other``'s order, so a model trained with ``self``
+        keeps its channel indices when datasets are added. A dataset in both
+        registries must have the same definition and appears once.
+
+        Args:
+            other: The registry to add.
+
+        Returns:
+            A new registry; neither input changes.
+
+        Raises:
+            ValueError: If a dataset is defined differently in the two registries.
+
+        Example:
+            >>> first = LabelRegistry()
+            >>> first.add_dataset("D01", {"liver": [1, 2]})
+            >>> second = LabelRegistry()
+            >>> second.add_dataset("D01", {"liver": [1, 2]})
+            >>> second.add_dataset("D09", {"spleen": [1]})
+            >>> first.merge(second).class_names
+            ['D01/liver', 'D09/spleen']
+        """
+        if not isinstance(other, LabelRegistry):
+            raise TypeError(f"can only merge a LabelRegistry, got {type(other).__name__}")
+        merged = LabelRegistry()
+        merged._datasets = dict(self._datasets)
+        for name, entry in other._datasets.items():
+            existing = merged._datasets.get(name)
+            if existing is None:
+                merged._datasets[name] = entry
+            elif existing != entry:
+                raise ValueError(
+                    f"dataset {name!r} is defined differently in the two registries: "
+                    f"{_describe(existing)} versus {_describe(entry)}; rename one of them"
+                )
+        return merged
+
     def __contains__(self, dataset_name: object) -> bool:
         return dataset_name in self._datasets
 
@@ -258,282 +394,9 @@ class LabelRegistry:
             f"{self.dataset_names})"
         )
 
-    # -- encoding -----------------------------------------------------------------------------
 
-    def annotated_mask(self, dataset_names: Sequence[str]) -> torch.Tensor:
-        """Return which classes each sample's dataset annotates.
-
-        Args:
-            dataset_names: The dataset of each sample of a batch.
-
-        Returns:
-            A bool tensor of shape (B, C), true where sample b's dataset annotates
-            class c.
-
-        Raises:
-            ValueError: If a dataset is unknown.
-
-        Example:
-            >>> registry = LabelRegistry()
-            >>> registry.add_dataset("D01", {"liver": [1, 2]})
-            >>> registry.add_dataset("D07", {"liver": [1], "spleen": [2]})
-            >>> registry.annotated_mask(["D01", "D07"]).int().tolist()
-            [[1, 0, 0], [0, 1, 1]]
-        """
-        if isinstance(dataset_names, str):
-            raise TypeError(
-                f"dataset_names must be a sequence with one name per sample, got the str "
-                f"{dataset_names!r}; wrap a single name in a list"
-            )
-        mask = torch.zeros(len(dataset_names), self.num_classes, dtype=torch.bool)
-        for row, name in enumerate(dataset_names):
-            mask[row, self.channel_slice(name)] = True
-        return mask
-
-    def _lookup(self, dataset_name: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (dataset_name, device)
-        if key not in self._lookup_cache:
-            datasets = list(self._datasets.values())
-            self._lookup_cache[key] = build_lookup(datasets, dataset_name, device)
-        return self._lookup_cache[key]
-
-    def encode_targets(self, label_map: Any, dataset_name: str) -> torch.Tensor:
-        """Encode an integer label map as one binary map per output class.
-
-        One lookup-table gather encodes every class at once. Classes of other
-        datasets, and voxels carrying the dataset's ``ignore_value``, encode as 0.
-
-        Args:
-            label_map: Integer numpy array or tensor of any spatial shape.
-            dataset_name: The dataset the label map comes from.
-
-        Returns:
-            A uint8 tensor of shape (C, *spatial) with values 0 and 1, on the device
-            of ``label_map`` (the CPU for numpy input).
-
-        Raises:
-            ValueError: If the dataset is unknown or the map contains an undeclared
-                label value.
-            TypeError: If ``label_map`` is not an integer array or tensor.
-
-        Example:
-            >>> import torch
-            >>> registry = LabelRegistry()
-            >>> registry.add_dataset("D01", {"liver": [1, 2], "liver_tumor": [2]})
-            >>> registry.encode_targets(torch.tensor([[0, 1], [2, 2]]), "D01").tolist()
-            [[[0, 1], [1, 1]], [[0, 0], [1, 1]]]
-        """
-        index = as_index_tensor(label_map)
-        self.dataset(dataset_name)
-        class_table, declared = self._lookup(dataset_name, index.device)
-        if not label_map_is_declared(index, declared):
-            self.validate_label_map(index, dataset_name)
-        return class_table[:, index]
-
-    def encode_batch(self, label_maps: Any, dataset_names: Sequence[str]) -> torch.Tensor:
-        """Encode a batch of label maps, each from its own dataset.
-
-        Args:
-            label_maps: Integer array or tensor of shape (B, *spatial).
-            dataset_names: The dataset of each sample, length B.
-
-        Returns:
-            A uint8 tensor of shape (B, C, *spatial).
-
-        Raises:
-            ValueError: If the lengths differ, a dataset is unknown or a map
-                contains an undeclared value.
-
-        Example:
-            >>> import torch
-            >>> registry = LabelRegistry()
-            >>> registry.add_dataset("D01", {"liver": [1]})
-            >>> registry.add_dataset("D07", {"spleen": [1]})
-            >>> registry.encode_batch(torch.tensor([[0, 1], [1, 1]]), ["D01", "D07"]).tolist()
-            [[[0, 1], [0, 0]], [[0, 0], [1, 1]]]
-        """
-        index = as_index_tensor(label_maps, name="label_maps")
-        if index.ndim < 1 or index.shape[0] != len(dataset_names):
-            raise ValueError(
-                f"label_maps of shape {tuple(index.shape)} must have one map per dataset "
-                f"name along the first axis, got {len(dataset_names)} dataset names"
-            )
-        output = torch.empty(
-            (index.shape[0], self.num_classes, *index.shape[1:]),
-            dtype=torch.uint8,
-            device=index.device,
-        )
-        # One gather per sample writes straight into the output, which avoids a
-        # (C, B, *spatial) intermediate that a single batched gather would need.
-        for sample, name in enumerate(dataset_names):
-            output[sample] = self.encode_targets(index[sample], name)
-        return output
-
-    def validate_label_map(
-        self, label_map: Any, dataset_name: str, *, source: str | Path | None = None
-    ) -> None:
-        """Raise ValueError if ``label_map`` contains a value its dataset does not declare.
-
-        Args:
-            label_map: Integer numpy array or tensor.
-            dataset_name: The dataset the label map comes from.
-            source: File the map was read from, named in the error message.
-
-        Raises:
-            ValueError: If the map contains undeclared values; the message names the
-                source, the undeclared values and the declared ones.
-
-        Example:
-            >>> import numpy as np
-            >>> registry = LabelRegistry()
-            >>> registry.add_dataset("D01", {"liver": [1]})
-            >>> registry.validate_label_map(np.array([0, 1, 1]), "D01")
-            >>> registry.validate_label_map(np.array([0, 5]), "D01", source="case_7.nii.gz")
-            Traceback (most recent call last):
-            ...
-            ValueError: case_7.nii.gz: label map ... contains undeclared label value(s) [5]; ...
-        """
-        entry = self.dataset(dataset_name)
-        values = torch.unique(as_index_tensor(label_map)).tolist()
-        undeclared = sorted(set(values) - set(entry.label_values))
-        if undeclared:
-            where = f"{source}: " if source is not None else ""
-            raise ValueError(
-                f"{where}label map of dataset {dataset_name!r} contains undeclared label "
-                f"value(s) {undeclared}; declared values are {list(entry.label_values)}. "
-                "Fix the label file, or declare the values with label_values= in add_dataset"
-            )
-
-    # -- serialisation ------------------------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-serialisable dict that keeps dataset and class order.
-
-        Example:
-            >>> registry = LabelRegistry()
-            >>> registry.add_dataset("D01", {"liver": [1, 2]})
-            >>> registry.to_dict()["datasets"][0]["classes"]
-            [{'name': 'liver', 'values': [1, 2]}]
-        """
-        datasets = []
-        for entry in self._datasets.values():
-            item: dict[str, Any] = {
-                "name": entry.name,
-                "classes": [{"name": c, "values": list(v)} for c, v in entry.classes.items()],
-                "label_values": list(entry.label_values),
-            }
-            if entry.ignore_value is not None:
-                item["ignore_value"] = entry.ignore_value
-            datasets.append(item)
-        return {"format_version": FORMAT_VERSION, "datasets": datasets}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> LabelRegistry:
-        """Build a registry from the output of :meth:`to_dict`.
-
-        Args:
-            data: A dict with ``format_version`` and ``datasets``.
-
-        Returns:
-            A new registry with the same channel order.
-
-        Raises:
-            ValueError: If the format version is unsupported or an entry is invalid.
-
-        Example:
-            >>> registry = LabelRegistry()
-            >>> registry.add_dataset("D01", {"liver": [1, 2]})
-            >>> LabelRegistry.from_dict(registry.to_dict()) == registry
-            True
-        """
-        version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ValueError(
-                f"unsupported label registry format_version {version!r}; this version of "
-                f"partialseg reads format_version {FORMAT_VERSION}"
-            )
-        registry = cls()
-        for item in data["datasets"]:
-            registry.add_dataset(
-                item["name"],
-                {c["name"]: c["values"] for c in item["classes"]},
-                label_values=item.get("label_values"),
-                ignore_value=item.get("ignore_value"),
-            )
-        return registry
-
-    def save(self, path: str | Path) -> Path:
-        """Write the registry as JSON.
-
-        Args:
-            path: Output file.
-
-        Returns:
-            The path written.
-
-        Example:
-            >>> import tempfile, pathlib
-            >>> registry = LabelRegistry()
-            >>> registry.add_dataset("D01", {"liver": [1, 2]})
-            >>> with tempfile.TemporaryDirectory() as folder:
-            ...     path = registry.save(pathlib.Path(folder) / "labels.json")
-            ...     LabelRegistry.load(path) == registry
-            True
-        """
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> LabelRegistry:
-        """Read a registry written by :meth:`save`.
-
-        Args:
-            path: JSON file.
-
-        Returns:
-            The registry.
-
-        Raises:
-            FileNotFoundError: If the file does not exist.
-            ValueError: If the file is not a valid registry.
-
-        Example:
-            >>> import tempfile, pathlib
-            >>> registry = LabelRegistry()
-            >>> registry.add_dataset("D01", {"liver": [1, 2]})
-            >>> with tempfile.TemporaryDirectory() as folder:
-            ...     path = registry.save(pathlib.Path(folder) / "labels.json")
-            ...     LabelRegistry.load(path).class_names
-            ['D01/liver']
-        """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"label registry file {path} does not exist")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path} is not valid JSON: {error}") from error
-        return cls.from_dict(data)
-
-    @classmethod
-    def from_dataset_json(
-        cls, path_or_dict: str | Path | Mapping[str, Any], *, dataset_name: str | None = None
-    ) -> LabelRegistry:
-        """Build a one-dataset registry from an nnU-Net v2 ``dataset.json``.
-
-        See :func:`partialseg.labels.readers.read_dataset_json` for the rules.
-
-        Example:
-            >>> info = {"labels": {"background": 0, "liver": [1, 2], "tumor": 2}}
-            >>> LabelRegistry.from_dataset_json(info, dataset_name="D03").class_names
-            ['D03/liver', 'D03/tumor']
-        """
-        from partialseg.labels.readers import read_dataset_json
-
-        name, classes, label_values, ignore_value = read_dataset_json(
-            path_or_dict, dataset_name=dataset_name
-        )
-        registry = cls()
-        registry.add_dataset(name, classes, label_values=label_values, ignore_value=ignore_value)
-        return registry
+def _describe(entry: DatasetLabels) -> str:
+    text = f"classes {dict(entry.classes)}, label values {list(entry.label_values)}"
+    if entry.ignore_value is not None:
+        text += f", ignore value {entry.ignore_value}"
+    return text

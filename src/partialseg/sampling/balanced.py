@@ -7,6 +7,7 @@ import math
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
@@ -26,7 +27,7 @@ class DatasetBalancedSampler(Sampler[int]):
     often.
 
     Each epoch is one global draw of ``num_samples * num_replicas`` indices from a
-    generator seeded by ``seed`` and the epoch set with :meth:`set_epoch`. Rank r
+    generator seeded by both ``seed`` and the epoch set with :meth:`set_epoch`. Rank r
     yields the draws r, r + num_replicas, ..., so the ranks' shares are disjoint
     positions of the same global draw, as with
     :class:`torch.utils.data.DistributedSampler`.
@@ -71,6 +72,8 @@ class DatasetBalancedSampler(Sampler[int]):
                 "dataset_of_case must be a non-empty sequence with the dataset name of "
                 f"every case, got {dataset_of_case!r}"
             )
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         if not math.isfinite(alpha):
             raise ValueError(f"alpha must be a finite number, got {alpha!r}")
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
@@ -120,8 +123,12 @@ class DatasetBalancedSampler(Sampler[int]):
         self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[int]:
+        # SeedSequence mixes seed and epoch, so (seed 0, epoch 1) and (seed 1, epoch 0)
+        # give different draws, unlike seed + epoch.
         generator = torch.Generator()
-        generator.manual_seed(self.seed + self.epoch)
+        generator.manual_seed(
+            int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+        )
         total = self.num_samples * self.num_replicas
         draw = torch.multinomial(self.probabilities, total, replacement=True, generator=generator)
         return iter(draw[self.rank :: self.num_replicas].tolist())
