@@ -29,6 +29,7 @@ def run_train(args: argparse.Namespace) -> int:
         device=args.device,
         label_mode=args.label_mode,
         augment=not args.no_augment,
+        foreground_fraction=args.foreground_fraction,
         progress=not args.no_progress,
         model_args={"features_per_stage": args.features} if args.features else {},
         **{key: value for key, value in options.items() if value is not None},
@@ -88,6 +89,37 @@ def run_demo(args: argparse.Namespace) -> int:
     from partialseg.metrics import format_table
 
     print(format_table(summary))
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Convert a legacy MultiTalent checkpoint into a partialseg model folder."""
+    from partialseg.convert import convert_legacy_checkpoint
+
+    if not args.allow_pickle:
+        raise ValueError(
+            f"{args.source} is an nnU-Net v1 checkpoint stored as a pickle, and loading a pickle "
+            "can run arbitrary code; pass --allow-pickle if the file comes from a trusted "
+            "source such as the published Zenodo record"
+        )
+    output = convert_legacy_checkpoint(args.source, args.output, allow_pickle=True)
+    logger.info("converted model written to %s", output)
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    """Print a model's architecture, size, preprocessing and classes."""
+    from partialseg.hub import from_pretrained
+
+    network = from_pretrained(args.model)
+    n_parameters = sum(p.numel() for p in network.parameters())
+    print(f"architecture: {network.architecture} ({n_parameters:,} parameters)")
+    if network.preprocessing is not None:
+        for key, value in network.preprocessing.to_dict().items():
+            print(f"{key}: {value}")
+    print(f"classes ({network.num_classes}):")
+    for channel, name in enumerate(network.class_names):
+        print(f"  {channel:3d}  {name}")
     return 0
 
 

@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="partial: MultiTalent loss; naive: unannotated classes as background",
     )
     train.add_argument("--no-augment", action="store_true", help="turn off data augmentation")
+    train.add_argument(
+        "--foreground-fraction",
+        type=float,
+        default=1 / 3,
+        help="fraction of patches centred on a labelled voxel (default 1/3)",
+    )
     train.set_defaults(handler=commands.run_train)
 
     predict = sub.add_parser("predict", help="predict per-class masks for CT volumes")
@@ -107,6 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("-o", "--output", help="write the summary JSON here")
     evaluate.set_defaults(handler=commands.run_evaluate)
+
+    convert = sub.add_parser("convert", help="convert a published nnU-Net v1 MultiTalent model")
+    convert.add_argument("source", help="v1 model folder or model_final_checkpoint.model file")
+    convert.add_argument("-o", "--output", required=True, help="partialseg model folder to write")
+    convert.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="confirm the source is trusted: the legacy files are pickles, "
+        "and loading a pickle can run arbitrary code",
+    )
+    convert.set_defaults(handler=commands.run_convert)
+
+    info = sub.add_parser("info", help="show a model's classes, preprocessing and size")
+    info.add_argument("model", help="model folder or Hub repo id")
+    info.set_defaults(handler=commands.run_info)
     return parser
 
 
