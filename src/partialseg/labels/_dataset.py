@@ -25,6 +25,14 @@ class DatasetLabels:
             sorted. Values that belong to no class encode as negative for every class.
         ignore_value: Label value marking unlabelled voxels, or None. Such voxels
             belong to no class and are excluded from the loss.
+
+    Example:
+        >>> from partialseg.labels import LabelRegistry
+        >>> registry = LabelRegistry()
+        >>> registry.add_dataset("D03", {"liver": [1, 2], "tumor": [2]}, ignore_value=3)
+        >>> labels = registry.dataset("D03")
+        >>> labels.classes, labels.label_values, labels.ignore_value
+        ({'liver': (1, 2), 'tumor': (2,)}, (0, 1, 2, 3), 3)
     """
 
     name: str

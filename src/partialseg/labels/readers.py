@@ -10,6 +10,8 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["read_dataset_json", "scan_mask_folder", "validate_mask_files"]
+
 BACKGROUND_NAME = "background"
 IGNORE_NAME = "ignore"
 
@@ -149,6 +151,17 @@ def validate_mask_files(files: Mapping[str, Path]) -> None:
     Raises:
         ValueError: If a mask has values other than 0 and 1, or its size, spacing,
             origin or direction differs from the first mask of the case.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> import numpy as np, SimpleITK as sitk
+        >>> with tempfile.TemporaryDirectory() as folder:
+        ...     path = pathlib.Path(folder, "liver.nii.gz")
+        ...     sitk.WriteImage(sitk.GetImageFromArray(np.full((2, 2, 2), 2, np.uint8)), str(path))
+        ...     validate_mask_files({"liver": path})
+        Traceback (most recent call last):
+        ...
+        ValueError: ...liver.nii.gz: mask of class 'liver' must contain only 0 and 1, got values [2]
     """
     import numpy as np
     import SimpleITK as sitk

@@ -201,6 +201,19 @@ class PartialLabelLoss(nn.Module):
             ValueError: If shapes, level counts or the registry do not match, or a
                 binary target lies outside [0, 1].
             TypeError: If ``annotated`` is not a bool tensor.
+
+        Example:
+            >>> import torch
+            >>> from partialseg.labels import LabelRegistry
+            >>> registry = LabelRegistry()
+            >>> registry.add_dataset("D01", {"liver": [1, 2], "tumor": [2]})
+            >>> registry.add_dataset("D07", {"spleen": [1]})
+            >>> loss_fn = PartialLabelLoss(registry=registry)
+            >>> logits = [torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 2, 2)]
+            >>> label_maps = torch.randint(0, 2, (2, 4, 4))
+            >>> loss = loss_fn(logits, label_maps, dataset_names=["D01", "D07"])
+            >>> loss.shape, loss.dtype
+            (torch.Size([]), torch.float32)
         """
         logits_levels = [logits] if isinstance(logits, torch.Tensor) else list(logits)
         weights = self._level_weights(len(logits_levels))

@@ -22,6 +22,13 @@ class FineTuningOptimizers:
         model: The network; its heads are the parameters named ``heads.*``.
         heads: AdamW (amsgrad) over the head parameters, used in the "heads" phase.
         network: SGD with Nesterov momentum over all parameters, used afterwards.
+
+    Example:
+        >>> from torch import nn
+        >>> model = nn.ModuleDict({"encoder": nn.Linear(2, 2), "heads": nn.Linear(2, 1)})
+        >>> optimizers = build_finetuning_optimizers(model)
+        >>> type(optimizers.optimizer_for("poly")).__name__
+        'SGD'
     """
 
     model: nn.Module
@@ -52,11 +59,28 @@ class FineTuningOptimizers:
         return self.heads if phase == "heads" else self.network
 
     def state_dict(self) -> dict[str, Any]:
-        """Return the state of both optimizers for a checkpoint."""
+        """Return the state of both optimizers for a checkpoint.
+
+        Example:
+            >>> from torch import nn
+            >>> model = nn.ModuleDict({"encoder": nn.Linear(2, 2), "heads": nn.Linear(2, 1)})
+            >>> sorted(build_finetuning_optimizers(model).state_dict())
+            ['heads', 'network']
+        """
         return {"heads": self.heads.state_dict(), "network": self.network.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the state written by :meth:`state_dict`."""
+        """Restore the state written by :meth:`state_dict`.
+
+        Args:
+            state: Output of :meth:`state_dict`.
+
+        Example:
+            >>> from torch import nn
+            >>> model = nn.ModuleDict({"encoder": nn.Linear(2, 2), "heads": nn.Linear(2, 1)})
+            >>> saved = build_finetuning_optimizers(model).state_dict()
+            >>> build_finetuning_optimizers(model).load_state_dict(saved)
+        """
         self.heads.load_state_dict(state["heads"])
         self.network.load_state_dict(state["network"])
 

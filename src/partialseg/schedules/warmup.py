@@ -281,8 +281,8 @@ class WarmupSchedule:
         """Return the schedule's settings and progress for a checkpoint.
 
         Example:
-            >>> state = WarmupSchedule(poly_epochs=500).state_dict()
-            >>> WarmupSchedule().load_state_dict(state)
+            >>> WarmupSchedule(poly_epochs=500).state_dict()["poly_epochs"]
+            500
         """
         return {
             "head_epochs": self.head_epochs,
@@ -304,6 +304,13 @@ class WarmupSchedule:
 
         Args:
             state: Output of :meth:`state_dict`.
+
+        Example:
+            >>> saved = WarmupSchedule(poly_epochs=500).state_dict()
+            >>> schedule = WarmupSchedule()
+            >>> schedule.load_state_dict(saved)
+            >>> schedule.total_epochs
+            560
         """
         for key in (
             "head_epochs",
