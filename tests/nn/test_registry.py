@@ -29,12 +29,12 @@ TINY = {
         (1, 1, 32, 64, 64),
     ),
     "timm_unet_2d": (
-        {"encoder": "resnet10t", "decoder_channels": [8, 8, 8, 8, 8]},
+        {"encoder": "test_resnet", "decoder_channels": [16, 8, 8, 8, 8]},
         (2, 3, 64, 64),
     ),
     "swinunetr": (
-        {"feature_size": 12, "depths": [1, 1, 1, 1]},
-        (1, 1, 32, 32, 32),
+        {"feature_size": 12, "depths": [1, 1, 1, 1], "spatial_dims": 2},
+        (2, 1, 64, 64),
     ),
 }
 CLASSES = ["liver", "spleen", "aorta"]

@@ -1,5 +1,6 @@
 """Segmentation networks with one sigmoid output channel per class, and their registry."""
 
+from partialseg.nn import adapters
 from partialseg.nn.base import SegmentationNetwork
 from partialseg.nn.heads import ClassHeads, ClassHeadsView
 from partialseg.nn.registry import create_model, list_models, register_model
@@ -14,6 +15,7 @@ __all__ = [
     "ResEncUNet",
     "SegmentationNetwork",
     "Topology",
+    "adapters",
     "create_model",
     "list_models",
     "plan_topology",
