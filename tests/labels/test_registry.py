@@ -208,6 +208,19 @@ def test_from_dataset_json_ignore_label():
     assert registry.encode_targets(np.array([0, 1, 2]), "D09").tolist() == [[0, 1, 0]]
 
 
+def test_from_dataset_json_nnunet_v1_labels():
+    content = {"labels": {"0": "background", "1": "liver", "2": "cancer"}}
+    registry = LabelRegistry.from_dataset_json(content, dataset_name="Task003_Liver")
+    assert registry.class_names == ["Task003_Liver/liver", "Task003_Liver/cancer"]
+    assert registry.dataset("Task003_Liver").classes == {"liver": (1,), "cancer": (2,)}
+
+
+def test_from_dataset_json_rejects_string_values():
+    content = {"labels": {"background": 0, "liver": "1"}}
+    with pytest.raises(ValueError, match="label 'liver' must be an int or a list of ints"):
+        LabelRegistry.from_dataset_json(content, dataset_name="D01")
+
+
 def test_from_dataset_json_dict_needs_name():
     with pytest.raises(ValueError, match="dataset_name is required"):
         LabelRegistry.from_dataset_json({"labels": {"background": 0, "a": 1}})

@@ -166,10 +166,10 @@ def test_distributed_without_process_group_raises():
     ("kwargs", "message"),
     [
         ({"class_reduction": "max"}, "class_reduction must be one of"),
-        ({"smooth": -1.0}, "smooth must be a finite non-negative"),
-        ({"bce_weight": float("inf")}, "bce_weight must be a finite non-negative"),
-        ({"deep_supervision_weights": []}, "non-empty sequence"),
-        ({"deep_supervision_weights": [1.0, -0.5]}, "non-negative numbers"),
+        ({"smooth": -1.0}, "smooth must be finite non-negative numbers, got -1.0"),
+        ({"bce_weight": float("inf")}, "bce_weight must be finite non-negative"),
+        ({"deep_supervision_weights": []}, "deep_supervision_weights must not be empty"),
+        ({"deep_supervision_weights": [1.0, -0.5]}, r"got \[1\.0, -0\.5\]"),
     ],
     ids=["reduction", "smooth", "bce-weight", "empty-weights", "negative-weight"],
 )

@@ -61,27 +61,29 @@ def suggest_name(name: str, choices: Iterable[str]) -> str:
     return f" Did you mean {by_lower[matches[0]]!r}?" if matches else ""
 
 
-def as_label_values(values: Any, *, what: str) -> tuple[int, ...]:
+def as_label_values(values: Any, *, field: str) -> tuple[int, ...]:
     """Convert an int or a sequence of ints into sorted unique label values."""
     if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
         values = [values]
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-        raise TypeError(f"{what} must be an int or a sequence of ints, got {values!r}")
+        raise TypeError(f"{field} must be an int or a sequence of ints, got {values!r}")
     result = []
     for value in values:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise TypeError(f"{what} must contain only ints, got {value!r} in {values!r}")
+            raise TypeError(f"{field} must contain only ints, got {value!r} in {values!r}")
         if value < 0:
-            raise ValueError(f"{what} must be non-negative label values, got {value} in {values!r}")
+            raise ValueError(
+                f"{field} must be non-negative label values, got {value} in {values!r}"
+            )
         result.append(int(value))
     if not result:
-        raise ValueError(f"{what} must contain at least one label value, got {values!r}")
+        raise ValueError(f"{field} must contain at least one label value, got {values!r}")
     return tuple(sorted(set(result)))
 
 
-def check_name(name: Any, *, what: str) -> str:
+def check_name(name: Any, *, field: str) -> str:
     if not isinstance(name, str):
-        raise TypeError(f"{what} must be a str, got {type(name).__name__} {name!r}")
+        raise TypeError(f"{field} must be a str, got {type(name).__name__} {name!r}")
     if not name or SEPARATOR in name:
-        raise ValueError(f"{what} must be a non-empty string without {SEPARATOR!r}, got {name!r}")
+        raise ValueError(f"{field} must be a non-empty string without {SEPARATOR!r}, got {name!r}")
     return name

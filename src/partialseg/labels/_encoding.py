@@ -243,7 +243,7 @@ class EncodingMixin:
             source: File the map was read from, named in the error message.
 
         Raises:
-            ValueError: If the map contains undeclared values; the message names the
+            ValueError: If the map contains undeclared values. The message names the
                 source, the undeclared values and the declared ones.
 
         Example:

@@ -180,10 +180,11 @@ class SerializationMixin:
 
         The folder is laid out as ``<case>/segmentations/<class><file_ending>``.
         The classes are the union of the mask names over all cases, sorted by
-        name. Class i (from 0) gets label value i + 1, which is the label map
-        obtained by painting the masks in class order onto a zero background;
-        masks that overlap cannot be combined this way and should be given to the
-        loss as binary maps instead (see :meth:`channel_slice`).
+        name. Class i (from 0) gets label value i + 1. These are the values of the
+        label map obtained by painting the masks in class order onto a zero
+        background. Masks that overlap cannot be combined this way, so give them
+        to the loss as binary maps in the dataset's channels
+        (:meth:`channel_slice`).
 
         A class whose file is missing in a case is not annotated in that case, so
         the function also returns every case's annotated classes. Turn them into

@@ -22,16 +22,18 @@ def read_dataset_json(
     """Read the classes of an nnU-Net v2 ``dataset.json``.
 
     Every entry of ``labels`` except "background" becomes a class. A plain int is
-    one label value, and a list such as ``"liver": [1, 2]`` is a region covering
+    one label value. A list such as ``"liver": [1, 2]`` is a region covering
     several values, which is how nnU-Net v2 declares nested classes. An "ignore"
-    entry marks unlabelled voxels: it becomes the dataset's ignore value, not a
-    class. The declared label values are 0, every class value and the ignore value.
+    entry marks unlabelled voxels, so it becomes the dataset's ignore value, not
+    a class. nnU-Net v1 files, whose ``labels`` map value strings to names
+    (``{"1": "liver"}``), are read as well. The declared label values are 0,
+    every class value and the ignore value.
 
     Args:
         path_or_dict: Path of a ``dataset.json``, the folder that contains it, or
             its parsed content.
         dataset_name: Dataset name. Defaults to the name of the folder that
-            contains the ``dataset.json``; required when a dict is given.
+            contains the ``dataset.json``. Required when a dict is given.
 
     Returns:
         The dataset name, the classes (name to label values, in file order), the
@@ -64,6 +66,8 @@ def read_dataset_json(
     labels = content.get("labels")
     if not isinstance(labels, Mapping) or not labels:
         raise ValueError(f"{source} has no 'labels' mapping of label name to value(s)")
+    if _is_nnunet_v1_labels(labels):
+        labels = {name: int(value) for value, name in labels.items()}
 
     classes: dict[str, list[int]] = {}
     ignore_value = None
@@ -87,6 +91,14 @@ def read_dataset_json(
         declared.add(ignore_value)
     logger.debug("Read %d classes of dataset %r from %s", len(classes), dataset_name, source)
     return dataset_name, classes, sorted(declared), ignore_value
+
+
+def _is_nnunet_v1_labels(labels: Mapping[str, Any]) -> bool:
+    """Return whether ``labels`` maps value strings to names, as nnU-Net v1 does."""
+    return all(
+        isinstance(key, str) and key.isdigit() and isinstance(value, str)
+        for key, value in labels.items()
+    )
 
 
 def scan_mask_folder(

@@ -57,7 +57,7 @@ class LabelRegistry(EncodingMixin, SerializationMixin):
         label_values: Sequence[int] | None = None,
         ignore_value: int | None = None,
     ) -> None:
-        """Add a dataset and its classes; each class becomes a new output channel.
+        """Add a dataset and its classes, each class as a new output channel.
 
         Args:
             name: Dataset name, unique in the registry and without "/".
@@ -84,7 +84,7 @@ class LabelRegistry(EncodingMixin, SerializationMixin):
             >>> registry.label_values_of("D03")
             (0, 1, 2, 3)
         """
-        check_name(name, what="dataset name")
+        check_name(name, field="dataset name")
         if name in self._datasets:
             raise ValueError(
                 f"dataset {name!r} is already in the registry; give the new dataset another "
@@ -97,9 +97,9 @@ class LabelRegistry(EncodingMixin, SerializationMixin):
             )
         parsed: dict[str, tuple[int, ...]] = {}
         for class_name, values in classes.items():
-            check_name(class_name, what=f"class name in dataset {name!r}")
+            check_name(class_name, field=f"class name in dataset {name!r}")
             parsed[class_name] = as_label_values(
-                values, what=f"values of class {name}/{class_name}"
+                values, field=f"values of class {name}/{class_name}"
             )
             if 0 in parsed[class_name]:
                 raise ValueError(
@@ -108,7 +108,7 @@ class LabelRegistry(EncodingMixin, SerializationMixin):
                 )
         union = set().union(*parsed.values())
         if ignore_value is not None:
-            (ignore_value,) = as_label_values(ignore_value, what=f"ignore_value of {name!r}")
+            (ignore_value,) = as_label_values(ignore_value, field=f"ignore_value of {name!r}")
             if ignore_value in union:
                 raise ValueError(
                     f"ignore_value {ignore_value} of dataset {name!r} belongs to a class; "
@@ -117,7 +117,7 @@ class LabelRegistry(EncodingMixin, SerializationMixin):
         if label_values is None:
             declared = {0} | union | ({ignore_value} if ignore_value is not None else set())
         else:
-            declared = set(as_label_values(label_values, what=f"label_values of {name!r}"))
+            declared = set(as_label_values(label_values, field=f"label_values of {name!r}"))
             missing = sorted((union | {ignore_value} - {None}) - declared)
             if missing:
                 raise ValueError(
@@ -155,7 +155,7 @@ class LabelRegistry(EncodingMixin, SerializationMixin):
             The dataset's :class:`DatasetLabels`.
 
         Raises:
-            ValueError: If the dataset is unknown; the message suggests the closest name.
+            ValueError: If the dataset is unknown. The message suggests the closest name.
 
         Example:
             >>> registry = LabelRegistry()
@@ -319,7 +319,7 @@ class LabelRegistry(EncodingMixin, SerializationMixin):
         """Report the bare class names that more than one dataset uses.
 
         These classes stay separate outputs because their annotation protocols may
-        differ; the report helps to decide whether to compare or merge them later.
+        differ. The report helps to decide whether to compare or merge them later.
         Names are compared exactly, including case.
 
         Returns:
@@ -349,7 +349,7 @@ class LabelRegistry(EncodingMixin, SerializationMixin):
             other: The registry to add.
 
         Returns:
-            A new registry; neither input changes.
+            A new registry. Neither input changes.
 
         Raises:
             ValueError: If a dataset is defined differently in the two registries.

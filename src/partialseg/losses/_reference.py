@@ -30,7 +30,7 @@ def reference_partial_label_loss(
 
     Args:
         logits_levels: Logits (B, C, *spatial) per level.
-        target_levels: Binary targets (B, C, *spatial) per level; elements equal
+        target_levels: Binary targets (B, C, *spatial) per level. Elements equal
             to ``ignore_index`` are left out of their (sample, class) pair.
         annotated: Bool tensor (B, C).
         weights: Deep-supervision weight per level.

@@ -12,7 +12,7 @@ def distributed_world_size(group: Any = None) -> int:
     """Return the number of ranks, or 1 when ``torch.distributed`` is not initialised.
 
     Args:
-        group: Process group; None means the default group.
+        group: Process group, or None for the default group.
 
     Returns:
         The world size of ``group``.
@@ -27,11 +27,11 @@ def distributed_world_size(group: Any = None) -> int:
 
 
 class _AllReduceSum(torch.autograd.Function):
-    """Sum a tensor over ranks; the backward pass sums the gradients over ranks.
+    """Sum a tensor over ranks, and its gradients over ranks in the backward pass.
 
     Every rank receives the same sum, so the derivative of rank r's output with
-    respect to rank s's input is the identity for all r and s, and the gradient of
-    rank s's input is the sum of every rank's output gradient.
+    respect to rank s's input is the identity for all r and s. The gradient of
+    rank s's input is therefore the sum of every rank's output gradient.
     """
 
     @staticmethod
@@ -60,7 +60,7 @@ def all_reduce_sum(tensor: torch.Tensor, *, group: Any = None) -> torch.Tensor:
 
     Args:
         tensor: Tensor with the same shape on every rank.
-        group: Process group; None means the default group.
+        group: Process group, or None for the default group.
 
     Returns:
         The elementwise sum over ranks.

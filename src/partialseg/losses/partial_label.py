@@ -82,10 +82,10 @@ class PartialLabelLoss(nn.Module):
     - ``smooth``: Dice becomes (2*TP + smooth) / max(2*TP + FP + FN + smooth, 1e-7).
       With ``smooth > 0`` an annotated empty class whose prediction is empty has
       Dice 1 instead of 0.
-    - ``ignore_index``: for integer label maps, voxels with this value are left out
-      of every class; for binary maps, elements with this value are left out of
-      their class. Left-out voxels count neither in the BCE mean nor in the Dice
-      sums. A registry dataset's ``ignore_value`` is always left out.
+    - ``ignore_index``: voxels of integer label maps with this value are left out
+      of every class. Elements of binary maps with this value are left out of
+      their own class only. Left-out voxels count neither in the BCE mean nor in
+      the Dice sums. A registry dataset's ``ignore_value`` is always left out.
 
     Under ``torch.distributed`` (see ``distributed``) the Dice sums are pooled
     over the global batch with an autograd-aware all-reduce, and each rank's BCE
@@ -106,9 +106,9 @@ class PartialLabelLoss(nn.Module):
         ignore_index: Target value of unlabelled voxels, or None.
         registry: Label registry used to encode integer label maps and to derive
             the annotated mask from ``dataset_names``.
-        distributed: Pool over ranks; None pools when ``torch.distributed`` is
+        distributed: Pool over ranks. None pools when ``torch.distributed`` is
             initialised with more than one rank.
-        process_group: Process group of the all-reduce; None is the default group.
+        process_group: Process group of the all-reduce, or None for the default group.
 
     Raises:
         ValueError: If an option is out of range.
@@ -142,22 +142,13 @@ class PartialLabelLoss(nn.Module):
             raise ValueError(
                 f"class_reduction must be one of {CLASS_REDUCTIONS}, got {class_reduction!r}"
             )
-        for name, value in (
-            ("smooth", smooth),
-            ("bce_weight", bce_weight),
-            ("dice_weight", dice_weight),
-        ):
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
+        _check_non_negative(smooth=smooth, bce_weight=bce_weight, dice_weight=dice_weight)
         if deep_supervision_weights is not None:
             deep_supervision_weights = [float(w) for w in deep_supervision_weights]
-            if not deep_supervision_weights or not all(
-                math.isfinite(w) and w >= 0 for w in deep_supervision_weights
-            ):
-                raise ValueError(
-                    "deep_supervision_weights must be a non-empty sequence of finite "
-                    f"non-negative numbers, got {deep_supervision_weights}"
-                )
+            if not deep_supervision_weights:
+                raise ValueError("deep_supervision_weights must not be empty")
+            _check_non_negative(deep_supervision_weights=deep_supervision_weights)
+
         self.batch_dice = batch_dice
         self.class_reduction = class_reduction
         self.smooth = float(smooth)
@@ -190,7 +181,7 @@ class PartialLabelLoss(nn.Module):
                 by nearest-neighbour selection.
             annotated: Bool tensor (B, C), true where sample b's dataset annotates
                 class c. Derived from ``dataset_names`` and the registry if omitted.
-            dataset_names: The dataset of each sample; needed for label maps and
+            dataset_names: The dataset of each sample, needed for label maps and
                 when ``annotated`` is omitted.
             registry: Overrides the registry given to the constructor.
 
@@ -333,6 +324,13 @@ class PartialLabelLoss(nn.Module):
                 f"got {tuple(annotated.shape)}"
             )
         return annotated.to(logits.device)
+
+
+def _check_non_negative(**options: float | Sequence[float]) -> None:
+    for name, value in options.items():
+        values = value if isinstance(value, Sequence) else [value]
+        if not all(math.isfinite(v) and v >= 0 for v in values):
+            raise ValueError(f"{name} must be finite non-negative numbers, got {value!r}")
 
 
 def _check_logits(logits: torch.Tensor) -> None:

@@ -37,7 +37,7 @@ class DatasetBalancedSampler(Sampler[int]):
             ``torch.utils.data.Dataset`` the sampler feeds.
         alpha: Exponent of the per-case weight n_d^-alpha.
         num_samples: Number of indices this rank yields per epoch.
-        seed: Seed of the draw; every rank must use the same seed.
+        seed: Seed of the draw, the same on every rank.
         num_replicas: Number of distributed ranks. Defaults to the world size when
             ``torch.distributed`` is initialised, else 1.
         rank: This rank. Defaults to the ``torch.distributed`` rank, else 0.
@@ -112,7 +112,7 @@ class DatasetBalancedSampler(Sampler[int]):
         """Set the epoch, which changes the draw reproducibly.
 
         Args:
-            epoch: Epoch number; call this before iterating in each epoch.
+            epoch: Epoch number. Call this before iterating in each epoch.
 
         Example:
             >>> sampler = DatasetBalancedSampler(["A", "B", "B"], num_samples=6)
@@ -165,5 +165,7 @@ def _check_dataset_weights(
                 f"dataset_weights[{name!r}] must be a finite non-negative number, got {weight!r}"
             )
     if all(weights.get(name, 1.0) == 0 for name in dataset_sizes):
-        raise ValueError("dataset_weights leave every dataset out; give one a positive weight")
+        raise ValueError(
+            "dataset_weights leave every dataset out; give at least one a positive weight"
+        )
     return weights

@@ -19,7 +19,7 @@ class FineTuningOptimizers:
     """The two optimizers of the MultiTalent fine-tuning recipe.
 
     Attributes:
-        model: The network; its heads are the parameters named ``heads.*``.
+        model: The network, whose heads are the parameters named ``heads.*``.
         heads: AdamW (amsgrad) over the head parameters, used in the "heads" phase.
         network: SGD with Nesterov momentum over all parameters, used afterwards.
 
@@ -123,10 +123,10 @@ def build_finetuning_optimizers(
 ) -> FineTuningOptimizers:
     """Build the optimizers of the MultiTalent fine-tuning recipe.
 
-    The heads phase trains the heads with AdamW (amsgrad, weight decay 3e-5); the
-    later phases train the whole network with SGD (Nesterov momentum 0.99, weight
-    decay 3e-5), as in Ulrich et al., MICCAI 2023. :meth:`partialseg.schedules.WarmupSchedule.apply`
-    sets the learning rate of both.
+    As in Ulrich et al., MICCAI 2023, the heads phase trains the heads with AdamW
+    (amsgrad, weight decay 3e-5). The later phases train the whole network with
+    SGD (Nesterov momentum 0.99, weight decay 3e-5).
+    :meth:`partialseg.schedules.WarmupSchedule.apply` sets the learning rate of both.
 
     Args:
         model: The network.

@@ -195,8 +195,8 @@ class WarmupSchedule:
         - An optimizer gets ``lr_at(epoch)`` in every parameter group.
         - A model gets ``requires_grad=False`` on every parameter outside the
           heads in the "heads" phase. Afterwards the parameters that this
-          schedule froze become trainable again; parameters that were already
-          frozen stay frozen.
+          schedule froze become trainable again, but parameters that were
+          already frozen stay frozen.
         - A :class:`FineTuningOptimizers` gets both: the learning rate of both
           optimizers and the freezing of its model. Step
           ``optimizers.optimizer_for(phase)`` during the epoch.
@@ -213,7 +213,8 @@ class WarmupSchedule:
             The phase of ``epoch``.
 
         Raises:
-            TypeError: If ``target`` is none of the three types.
+            TypeError: If ``target`` is not a module, an optimizer or a
+                :class:`FineTuningOptimizers`.
             ValueError: If the model has no head parameters in the heads phase.
 
         Example:
