@@ -1,7 +1,7 @@
 """Conversion of nnU-Net v1 MultiTalent checkpoints into partialseg's safetensors format.
 
 The published MultiTalent weights (Zenodo record 8297767, ``Task100_MultiTalent.zip``)
-are nnU-Net v1 model folders. Each holds ``model_final_checkpoint.model``, a
+are nnU-Net v1 model folders. Each contains ``model_final_checkpoint.model``, a
 ``torch.save`` dict whose ``state_dict`` has ``module.``-prefixed keys, and
 ``model_final_checkpoint.model.pkl``, a pickle with the plans. Both files can only
 be read with pickle, which runs code stored in the file, so only convert files
@@ -56,8 +56,8 @@ def convert_legacy_checkpoint(
 
     Args:
         source: A v1 model folder containing ``model_final_checkpoint.model``, or
-            the path of a ``.model`` file; the plans are read from the file of
-            the same name plus ``.pkl``.
+            the path of a ``.model`` file. The plans are read from the file of the
+            same name plus ``.pkl``.
         output_dir: Folder to write ``config.json``, ``model.safetensors`` and the
             model card to.
         allow_pickle: Must be True. Both input files are pickles, and unpickling
@@ -120,7 +120,7 @@ def read_plans(path: Path) -> dict[str, Any]:
     plans = content.get("plans", content) if isinstance(content, Mapping) else None
     if not isinstance(plans, Mapping) or "plans_per_stage" not in plans:
         raise ValueError(
-            f"{path} holds no nnU-Net v1 plans: expected a dict with 'plans_per_stage' "
+            f"{path} contains no nnU-Net v1 plans: expected a dict with 'plans_per_stage' "
             "(or one with a 'plans' entry holding it)"
         )
     return _to_builtin(plans)
@@ -134,7 +134,9 @@ def read_legacy_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(checkpoint, Mapping) or not all(
         isinstance(value, torch.Tensor) for value in checkpoint.values()
     ):
-        raise ValueError(f"{path} holds no state dict: expected a dict with a 'state_dict' entry")
+        raise ValueError(
+            f"{path} contains no state dict: expected a dict with a 'state_dict' entry"
+        )
     return dict(checkpoint)
 
 

@@ -1,9 +1,8 @@
 import pytest
 import torch
 
-from partialseg.nn import create_model
+from partialseg.nn import SegmentationNetwork, create_model
 from partialseg.nn.keymap import from_v1_state_dict, to_v1_state_dict, v1_key_map
-from partialseg.nn.unet import PlainUNet
 
 PUBLISHED = [("multitalent_unet", "plain"), ("multitalent_resenc_unet", "resenc")]
 
@@ -84,9 +83,6 @@ def test_from_v1_alias_mismatch():
 
 
 def test_key_map_unsupported_network():
-    class Other(PlainUNet.__mro__[1]):
-        pass
-
-    network = Other(architecture="other", model_args={}, class_names=["a"])
+    network = SegmentationNetwork(architecture="other", model_args={}, class_names=["a"])
     with pytest.raises(TypeError, match="only PlainUNet and ResEncUNet"):
         v1_key_map(network)

@@ -220,7 +220,8 @@ class UNetDecoder(nn.Module):
 def init_he_(module: nn.Module, *, negative_slope: float = LEAKY_SLOPE) -> None:
     """Initialise conv weights with He normal init for LeakyReLU and zero their biases.
 
-    This is the initialisation of nnU-Net (Isensee et al., Nature Methods 2021).
+    This is ``InitWeights_He(1e-2)`` of nnU-Net's network library
+    dynamic_network_architectures (checked in version 0.4.4).
     """
     for layer in module.modules():
         if isinstance(layer, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)):

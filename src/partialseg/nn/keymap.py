@@ -8,7 +8,7 @@ decoder stages and deep-supervision outputs from the lowest resolution, while
 :class:`~partialseg.nn.heads.ClassHeads` numbers head levels from the highest
 resolution, so v1 output ``u`` is head level ``L - 1 - u``.
 
-Plain U-Net (``Generic_UNet``), with ``n`` convolutions per stage (2 published)::
+Plain U-Net, with ``n`` convolutions per stage (2 published)::
 
     conv_blocks_context.{s}.blocks.{j}.conv.*       encoder.stages.{s}.{j}.conv.*      s < S-1
     conv_blocks_context.{s}.blocks.{j}.instnorm.*   encoder.stages.{s}.{j}.norm.*      s < S-1
@@ -20,10 +20,10 @@ Plain U-Net (``Generic_UNet``), with ``n`` convolutions per stage (2 published):
     seg_outputs.{u}.weight                          heads.weight.{L-1-u}
 
 (``instnorm`` becomes ``norm`` in every row.) The lowest-resolution encoder
-stage and every decoder stage are two nested stacks in v1: the first holds all
-convolutions but the last, the second holds the last one.
+stage and every decoder stage are two nested stacks in v1. The first contains
+all convolutions but the last, and the second contains the last one.
 
-Residual-encoder U-Net (``FabiansUNet``)::
+Residual-encoder U-Net::
 
     encoder.initial_conv.weight                     encoder.stem.conv.weight
     encoder.initial_norm.*                          encoder.stem.norm.*

@@ -7,8 +7,12 @@ carries the stage's stride in the first block of a stage. The shortcut is the
 identity, or a strided bias-free 1x1(x1) convolution plus InstanceNorm when the
 block changes the shape. ``norm2`` starts with zero weight, so every block
 starts as its shortcut. The decoder has one bias-free convolution per stage.
-This is the residual-encoder U-Net of nnU-Net v1 (Isensee et al., Nature
-Methods 2021) used by MultiTalent (Ulrich et al., MICCAI 2023).
+This is the residual-encoder U-Net that MultiTalent (Ulrich et al., MICCAI 2023)
+trained with nnU-Net v1.
+
+NOTE: the key names and shapes match the published checkpoint, but the order of
+operations inside a block has not been compared with outputs of the published
+network.
 """
 
 from __future__ import annotations
@@ -163,6 +167,7 @@ class ResEncUNet(SegmentationNetwork):
             raise ValueError(f"features_per_stage needs at least 2 stages, got {features}")
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+
         blocks = [int(b) for b in blocks_per_stage]
         if len(blocks) != num_stages or min(blocks) < 1:
             raise ValueError(
@@ -172,6 +177,7 @@ class ResEncUNet(SegmentationNetwork):
         expand = {"num_stages": num_stages, "spatial_dims": spatial_dims}
         stride_list = expand_per_stage(strides, name="strides", **expand)
         kernel_list = expand_per_stage(kernel_sizes, name="kernel_sizes", **expand)
+
         model_args = {
             "in_channels": int(in_channels),
             "features_per_stage": features,
@@ -248,11 +254,11 @@ def resenc_unet(*, class_names: list[str] | None, **kwargs: Any) -> ResEncUNet:
 def multitalent_resenc_unet(*, class_names: list[str] | None, **kwargs: Any) -> ResEncUNet:
     """Build the published MultiTalent residual-encoder U-Net (47 classes by default).
 
-    Six stages with 30, 60, 120, 240, 320 and 320 features, strides (1, 1, 1),
-    (1, 2, 2) and four times (2, 2, 2), kernels 1x3x3 in the first stage and
-    3x3x3 after, residual blocks (1, 2, 3, 4, 4, 4), one convolution per decoder
-    stage, from the ``MultiTalent_resenc_bs4_plans_3D`` plans. It has 69,335,475
-    parameters with 47 classes.
+    The topology comes from the ``MultiTalent_resenc_bs4_plans_3D`` plans. It has
+    six stages with 30, 60, 120, 240, 320 and 320 features and strides (1, 1, 1),
+    (1, 2, 2) and four times (2, 2, 2). Kernels are 1x3x3 in the first stage and
+    3x3x3 after, with residual blocks (1, 2, 3, 4, 4, 4) and one convolution per
+    decoder stage. It has 69,335,475 parameters with 47 classes.
     """
     plans = multitalent_plans("resenc")
     stage_plans = plans["plans_per_stage"]["1"]

@@ -109,12 +109,14 @@ class PlainUNet(SegmentationNetwork):
             raise ValueError(f"features_per_stage needs at least 2 stages, got {features}")
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+
         stride_list = expand_per_stage(
             strides, num_stages=num_stages, spatial_dims=spatial_dims, name="strides"
         )
         kernel_list = expand_per_stage(
             kernel_sizes, num_stages=num_stages, spatial_dims=spatial_dims, name="kernel_sizes"
         )
+
         model_args = {
             "in_channels": int(in_channels),
             "features_per_stage": features,
@@ -131,6 +133,7 @@ class PlainUNet(SegmentationNetwork):
             class_names=names,
             deep_supervision=deep_supervision,
         )
+
         self.encoder = _PlainEncoder(
             in_channels, features, stride_list, kernel_list, n_conv_per_stage, spatial_dims
         )

@@ -44,6 +44,9 @@ class SwinUNETRNetwork(SegmentationNetwork):
         ImportError: If MONAI is not installed.
 
     The input's spatial size must be divisible by 32.
+
+    NOTE: checked with MONAI 1.6.1 only. MONAI before 1.5 requires an ``img_size``
+    argument, which is not passed here.
     """
 
     def __init__(
@@ -121,7 +124,7 @@ class SwinUNETRNetwork(SegmentationNetwork):
         return logits if self.deep_supervision else logits[0]
 
     def _decode(self, x: Tensor) -> list[Tensor]:
-        # The steps of SwinUNETR.forward in MONAI 1.3-1.6, keeping every decoder output.
+        # The steps of SwinUNETR.forward in MONAI 1.6.1, keeping every decoder output.
         net = self.backbone
         hidden = net.swinViT(x, net.normalize)
         enc0 = net.encoder1(x)
