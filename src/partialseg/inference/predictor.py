@@ -1,0 +1,400 @@
+"""Whole-volume prediction with a trained network: :class:`Predictor`."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+from collections.abc import Sequence
+from typing import Literal, overload
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from torch import nn
+
+from partialseg.data.preprocessing import Preprocessing, resample_image
+from partialseg.inference._grid import OriginalGridResampler, axis_maps
+from partialseg.inference.inputs import ImageInput, load_image
+from partialseg.inference.postprocessing import (
+    body_mask,
+    keep_largest_component,
+    resolve_postprocessing,
+)
+from partialseg.inference.sliding_window import WindowGrid, run_sliding_window
+from partialseg.nn.base import SegmentationNetwork
+from partialseg.nn.heads import unknown_name_message
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Predictor"]
+
+_PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Predictor:
+    """Predict one binary mask per class for whole CT volumes with a sliding window.
+
+    The image is cast to float32 HU, resampled linearly to the network spacing
+    and normalised exactly as in training (``network.preprocessing``), and padded
+    to at least the patch size with air (the lower clip bound). Windows overlap
+    by ``1 - step_size`` of the patch; each window's sigmoid probabilities are
+    weighted with a Gaussian of sigma ``patch / 8`` per axis and averaged. The
+    average of every class is resampled linearly back onto the input grid and
+    thresholded at 0.5. This is the inference of MultiTalent (Ulrich et al.,
+    MICCAI 2023), without averaging over several trained folds.
+
+    Memory: the volume is processed in slabs along its slowest array axis. Only
+    the z-planes that the current row of windows touches are held, one value
+    per class and voxel in ``accumulate_dtype``; finished slabs are resampled to
+    the input grid, thresholded and kept as bit-packed masks. Peak memory grows
+    with the number of classes times one slab, not times the whole volume.
+
+    Args:
+        network: A trained network with ``preprocessing`` set. It is moved to
+            ``device`` and put in evaluation mode.
+        step_size: Maximum distance between neighbouring windows as a fraction
+            of the patch size, in (0, 1].
+        gaussian: Weight window voxels with a Gaussian (sigma = patch / 8);
+            otherwise average overlapping windows with equal weights.
+        mirroring: Array axes of the network grid (0 = z, 1 = y, 2 = x) to
+            mirror for test-time augmentation; every combination of them is
+            predicted and the probabilities are averaged (2**len(axes) network
+            passes per window). None disables mirroring.
+        device: Device that runs the network. Accumulation stays on the CPU.
+        batch_size: Windows per network call.
+        precision: ``"bf16"`` or ``"fp16"`` to run the network under autocast,
+            or None for float32.
+        progress: Show a progress bar over the windows.
+        accumulate_dtype: ``torch.float32`` (default) or ``torch.float16``, which
+            halves the accumulator memory. Rounding the running sums to float16
+            moves probabilities by up to about 1e-3, so a few voxels whose
+            probability is that close to 0.5 can change their mask value.
+
+    Raises:
+        TypeError: If ``network`` is not an ``nn.Module``.
+        ValueError: If an option is out of range or autocast is not available
+            on ``device`` for ``precision``.
+
+    Example:
+        >>> from partialseg.nn import create_model
+        >>> net = create_model("plain_unet", classes=["D01/liver", "D01/spleen"],
+        ...                    features_per_stage=[4, 8], strides=[1, 2])
+        >>> net.preprocessing = Preprocessing(spacing=(3.0, 3.0, 3.0), patch_size=(16, 16, 16),
+        ...                                   ct_clip=(-1000.0, 1000.0), ct_mean=0.0, ct_std=500.0)
+        >>> predictor = Predictor(net, progress=False)
+        >>> ct = np.full((20, 24, 24), -1000, np.int16)
+        >>> masks = predictor.predict(ct, spacing=(2.5, 2.0, 2.0))
+        >>> sorted(masks), masks["D01/liver"].GetSize()
+        (['D01/liver', 'D01/spleen'], (24, 24, 20))
+    """
+
+    def __init__(
+        self,
+        network: SegmentationNetwork,
+        *,
+        step_size: float = 0.5,
+        gaussian: bool = True,
+        mirroring: Sequence[int] | None = None,
+        device: str | torch.device = "cpu",
+        batch_size: int = 1,
+        precision: Literal["bf16", "fp16"] | None = None,
+        progress: bool = True,
+        accumulate_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if not isinstance(network, nn.Module):
+            raise TypeError(f"network must be a SegmentationNetwork, got {type(network).__name__}")
+        if not 0 < step_size <= 1:
+            raise ValueError(f"step_size must be in (0, 1], got {step_size!r}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size!r}")
+        if accumulate_dtype not in (torch.float16, torch.float32):
+            raise ValueError(
+                f"accumulate_dtype must be torch.float16 or torch.float32, got {accumulate_dtype}"
+            )
+        self.device = torch.device(device)
+        self.network = network.to(self.device).eval()
+        self.step_size = float(step_size)
+        self.gaussian = bool(gaussian)
+        self.mirror_axes = _mirror_combinations(mirroring)
+        self.batch_size = int(batch_size)
+        self.autocast_dtype = _autocast_dtype(precision, self.device)
+        self.progress = bool(progress)
+        self.accumulate_dtype = accumulate_dtype
+
+    @overload
+    def predict(
+        self,
+        image: ImageInput,
+        *,
+        classes: Sequence[str] | None = ...,
+        spacing: Sequence[float] | None = ...,
+        return_probabilities: Literal[False] = ...,
+        postprocess: str | Sequence[str] | None = ...,
+    ) -> dict[str, sitk.Image]: ...
+
+    @overload
+    def predict(
+        self,
+        image: ImageInput,
+        *,
+        classes: Sequence[str] | None = ...,
+        spacing: Sequence[float] | None = ...,
+        return_probabilities: Literal[True],
+        postprocess: str | Sequence[str] | None = ...,
+    ) -> tuple[dict[str, sitk.Image], dict[str, np.ndarray]]: ...
+
+    def predict(
+        self,
+        image: ImageInput,
+        *,
+        classes: Sequence[str] | None = None,
+        spacing: Sequence[float] | None = None,
+        return_probabilities: bool = False,
+        postprocess: str | Sequence[str] | None = None,
+    ) -> dict[str, sitk.Image] | tuple[dict[str, sitk.Image], dict[str, np.ndarray]]:
+        """Predict a uint8 mask per class on the grid of ``image``.
+
+        Args:
+            image: A NIfTI, NRRD or MHA file, a DICOM series folder, a SimpleITK
+                image, or a numpy array (z, y, x) in HU together with ``spacing``.
+            classes: Class names to predict, in output order; None predicts all
+                of ``network.class_names``. With per-class heads
+                (``network.heads.select``) only the requested heads are computed.
+            spacing: Voxel spacing (z, y, x) in mm, for numpy arrays only.
+            return_probabilities: Also return the averaged probabilities.
+            postprocess: Steps applied to the masks (not the probabilities):
+                ``"body"`` removes voxels outside the body (see
+                :func:`~partialseg.inference.postprocessing.body_mask`) and
+                ``"largest_component"`` keeps each class's largest connected
+                component. None applies neither, as MultiTalent does.
+
+        Returns:
+            A dict from class name to a uint8 SimpleITK mask (1 inside) with the
+            size, spacing, origin and direction of the input. With
+            ``return_probabilities``, a tuple of that dict and a dict from class
+            name to a float16 array (z, y, x) on the same grid.
+
+        Raises:
+            FileNotFoundError: If the image file does not exist.
+            ValueError: If the image is invalid (not 3D, NaN, unreadable), a
+                class or post-processing name is unknown, or the network has no
+                preprocessing.
+        """
+        original = load_image(image, spacing=spacing)
+        names = self._resolve_classes(classes)
+        steps = resolve_postprocessing(postprocess)
+        preprocessing = self._preprocessing()
+
+        volume, network_grid = preprocess_image(original, preprocessing)
+        volume, padding = _pad_to_patch(volume, preprocessing)
+        grid = WindowGrid.build(
+            volume.shape, preprocessing.patch_size, step_size=self.step_size, gaussian=self.gaussian
+        )
+        shape = original.GetSize()[::-1]
+        resampler = OriginalGridResampler(
+            axis_maps(original, network_grid, padding),
+            shape,
+            len(names),
+            keep_probabilities=return_probabilities,
+        )
+        logger.info(
+            "predicting %d classes for an image of %s voxels (network grid %s)",
+            len(names),
+            shape,
+            volume.shape,
+        )
+
+        model, channels = self._inference_model(names)
+        with torch.inference_mode():
+            run_sliding_window(
+                lambda patches: self._centred_probabilities(model, patches, channels),
+                torch.from_numpy(volume),
+                grid,
+                resampler.consume,
+                num_classes=len(names),
+                accumulate_dtype=self.accumulate_dtype,
+                batch_size=self.batch_size,
+                progress=self.progress,
+            )
+        del volume
+
+        masks = self._collect_masks(original, names, resampler, steps)
+        if not return_probabilities:
+            return masks
+        probabilities = {name: resampler.probabilities[i] for i, name in enumerate(names)}
+        return masks, probabilities
+
+    def _collect_masks(
+        self,
+        original: sitk.Image,
+        names: list[str],
+        resampler: OriginalGridResampler,
+        steps: tuple[str, ...],
+    ) -> dict[str, sitk.Image]:
+        body = body_mask(original) if "body" in steps else None
+        masks = {}
+        for index, name in enumerate(names):
+            mask = resampler.mask(index)
+            if body is not None:
+                mask &= body
+            if "largest_component" in steps:
+                mask = keep_largest_component(mask)
+            image = sitk.GetImageFromArray(mask)
+            image.CopyInformation(original)
+            masks[name] = image
+        return masks
+
+    def _preprocessing(self) -> Preprocessing:
+        preprocessing = getattr(self.network, "preprocessing", None)
+        if preprocessing is None:
+            raise ValueError(
+                f"{type(self.network).__name__} has no preprocessing, so the spacing, patch size "
+                "and intensity normalisation of training are unknown; set network.preprocessing "
+                "to the partialseg.data.Preprocessing used in training"
+            )
+        return preprocessing
+
+    def _resolve_classes(self, classes: Sequence[str] | None) -> list[str]:
+        known = list(self.network.class_names)
+        if classes is None:
+            return known
+        if isinstance(classes, str):
+            raise TypeError(
+                f"classes must be a sequence of class names, got the string {classes!r}; "
+                f"use classes=[{classes!r}]"
+            )
+        names = list(classes)
+        if not names:
+            raise ValueError("classes is empty; pass at least one class name or None for all")
+        for name in names:
+            if name not in known:
+                raise ValueError(unknown_name_message("class name", name, known))
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"classes contains duplicate names {duplicates}")
+        return names
+
+    def _inference_model(self, names: list[str]) -> tuple[nn.Module, torch.Tensor | None]:
+        """Return a module computing full-resolution logits and the channels to keep.
+
+        The module is a shallow copy of the network sharing its parameters, with
+        deep supervision off and, when the network has per-class heads with a
+        ``select`` method, only the heads of ``names``. For other networks all
+        channels are computed and the requested ones are taken right after the
+        forward pass, before anything else is computed for them.
+        """
+        network = self.network
+        all_names = list(network.class_names)
+        heads = network._modules.get("heads")
+        select_heads = names != all_names and hasattr(heads, "select")
+        if not select_heads and not getattr(network, "deep_supervision", False):
+            model = network
+        else:
+            model = copy.copy(network)
+            # copy.copy shares the submodule dict; give the copy its own so that
+            # swapping the heads leaves the caller's network unchanged.
+            object.__setattr__(model, "_modules", dict(network._modules))
+            model.deep_supervision = False
+            if select_heads:
+                model._modules["heads"] = heads.select(names)
+        if select_heads or names == all_names:
+            return model, None
+        index = [all_names.index(name) for name in names]
+        return model, torch.tensor(index, device=self.device)
+
+    def _centred_probabilities(
+        self, model: nn.Module, patches: torch.Tensor, channels: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Return the mirror-averaged sigmoid probabilities minus 0.5 of a batch of patches."""
+        patches = patches.to(self.device)
+        total = None
+        for axes in self.mirror_axes:
+            dims = [axis + 2 for axis in axes]
+            inputs = torch.flip(patches, dims) if dims else patches
+            with torch.autocast(
+                self.device.type,
+                dtype=self.autocast_dtype or torch.float32,
+                enabled=self.autocast_dtype is not None,
+            ):
+                logits = model(inputs)
+            if isinstance(logits, (list, tuple)):
+                logits = logits[0]
+            if channels is not None:
+                logits = logits.index_select(1, channels)
+            logits = logits.float()
+            if dims:
+                logits = torch.flip(logits, dims)
+            probabilities = logits.sigmoid_()
+            total = probabilities if total is None else total.add_(probabilities)
+        if len(self.mirror_axes) > 1:
+            total /= len(self.mirror_axes)
+        return total.sub_(0.5)
+
+
+def preprocess_image(
+    image: sitk.Image, preprocessing: Preprocessing
+) -> tuple[np.ndarray, sitk.Image]:
+    """Cast to float32 HU, resample linearly to the network spacing and normalise.
+
+    Args:
+        image: CT image in Hounsfield units.
+        preprocessing: The network's preprocessing.
+
+    Returns:
+        The normalised float32 array (z, y, x) and the resampled image, whose
+        geometry defines the network grid.
+
+    Example:
+        >>> prep = Preprocessing(spacing=(2.0, 2.0, 2.0), patch_size=(8, 8, 8),
+        ...                      ct_clip=(-1000.0, 1000.0), ct_mean=0.0, ct_std=1000.0)
+        >>> image = sitk.Image([10, 10, 10], sitk.sitkInt16)
+        >>> volume, grid = preprocess_image(image, prep)
+        >>> volume.shape, grid.GetSpacing()
+        ((5, 5, 5), (2.0, 2.0, 2.0))
+    """
+    resampled = resample_image(sitk.Cast(image, sitk.sitkFloat32), preprocessing.spacing)
+    volume = preprocessing.normalize(sitk.GetArrayViewFromImage(resampled))
+    return np.ascontiguousarray(volume, dtype=np.float32), resampled
+
+
+def _pad_to_patch(
+    volume: np.ndarray, preprocessing: Preprocessing
+) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Pad every axis shorter than the patch equally on both sides with air."""
+    before, widths = [], []
+    for size, patch in zip(volume.shape, preprocessing.patch_size, strict=True):
+        total = max(patch - size, 0)
+        before.append(total // 2)
+        widths.append((total // 2, total - total // 2))
+    if not any(total for pair in widths for total in pair):
+        return volume, (0, 0, 0)
+    air = float(preprocessing.normalize(np.array([preprocessing.ct_clip[0]]))[0])
+    padded = np.pad(volume, widths, mode="constant", constant_values=air)
+    return padded, (before[0], before[1], before[2])
+
+
+def _mirror_combinations(mirroring: Sequence[int] | None) -> list[tuple[int, ...]]:
+    if mirroring is None:
+        return [()]
+    axes = [int(axis) for axis in mirroring]
+    if any(axis not in (0, 1, 2) for axis in axes) or len(set(axes)) != len(axes):
+        raise ValueError(
+            f"mirroring must list distinct array axes out of 0 (z), 1 (y), 2 (x), got {mirroring}"
+        )
+    return [combo for r in range(len(axes) + 1) for combo in itertools.combinations(axes, r)]
+
+
+def _autocast_dtype(precision: str | None, device: torch.device) -> torch.dtype | None:
+    if precision is None:
+        return None
+    if precision not in _PRECISIONS:
+        raise ValueError(f"precision must be 'bf16', 'fp16' or None, got {precision!r}")
+    dtype = _PRECISIONS[precision]
+    if not torch.amp.is_autocast_available(device.type):
+        raise ValueError(
+            f"autocast is not available on device {device}; use precision=None on this device"
+        )
+    if device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"device {device} does not support bfloat16; use precision='fp16'")
+    return dtype
