@@ -70,7 +70,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     summary = evaluate_folder(args.predictions, args.references, args.labels)
     print(format_table(summary))
     if args.output:
-        Path(args.output).write_text(json.dumps(summary, indent=2))
+        Path(args.output).write_text(json.dumps(_without_nan(summary), indent=2))
         logger.info("summary written to %s", args.output)
     return 0
 
@@ -121,6 +121,15 @@ def run_info(args: argparse.Namespace) -> int:
     for channel, name in enumerate(network.class_names):
         print(f"  {channel:3d}  {name}")
     return 0
+
+
+def _without_nan(value: object) -> object:
+    """Replace NaN by None (JSON null) so the output is strict JSON."""
+    if isinstance(value, dict):
+        return {key: _without_nan(item) for key, item in value.items()}
+    if isinstance(value, float) and value != value:
+        return None
+    return value
 
 
 def _device(name: str) -> str:
