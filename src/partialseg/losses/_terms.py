@@ -28,16 +28,74 @@ class LevelStatistics:
 
 
 def _masked_sum(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """Sum (B, C, N) values over N, weighted by a (B, N) or (B, C, N) mask.
-
-    ``einsum`` lowers to a batched matrix product, so the weighted values are never
-    stored as a full-size tensor.
-    """
+    """Sum (B, C, N) values over N, weighted by a (B, N) or (B, C, N) mask."""
     if weights is None:
         return values.sum(-1)
     if weights.ndim == 2:
-        return torch.einsum("bcn,bn->bc", values, weights)
-    return torch.einsum("bcn,bcn->bc", values, weights)
+        # A batched matrix-vector product, which stores no full-size product.
+        return torch.bmm(values, weights.unsqueeze(-1)).squeeze(-1)
+    return torch.linalg.vecdot(values, weights)
+
+
+class _DifferentiableSums(torch.autograd.Function):
+    """BCE sum, TP and sum(p) per (sample, class), with a single-pass gradient.
+
+    With p = sigmoid(z), w the valid mask and g the target (zero where w is 0):
+
+        bce_sum = sum w * softplus(z) - g * z   d/dz = w * p - g
+        tp      = sum p * g                     d/dz = p * (1 - p) * g
+        prob    = sum w * p                     d/dz = p * (1 - p) * w
+
+    The backward pass combines the three terms directly instead of chaining the
+    gradients of every elementwise step, which saves time and memory. Only p and
+    g are kept for it, so sigmoid runs once.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, logits: torch.Tensor, g: torch.Tensor, weights: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z = logits.float().flatten(2)
+
+        # BCE with logits is softplus(z) - g*z per voxel, where softplus(z) =
+        # log(1 + e^z) is computed stably. Subtracting per voxel avoids the
+        # cancellation between two large float32 sums when most logits are large
+        # and correct.
+        voxel_bce = F.softplus(z)
+        voxel_bce.addcmul_(z, g, value=-1)
+        bce_sum = _masked_sum(voxel_bce, weights)
+        del voxel_bce  # frees the temporary before sigmoid allocates p
+
+        p = torch.sigmoid(z)
+        true_positive = torch.linalg.vecdot(p, g)
+        prob_sum = _masked_sum(p, weights)
+        ctx.save_for_backward(p, g, weights)
+        ctx.logits_shape, ctx.logits_dtype = logits.shape, logits.dtype
+        return bce_sum, true_positive, prob_sum
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(
+        ctx: Any, grad_bce: torch.Tensor, grad_tp: torch.Tensor, grad_prob: torch.Tensor
+    ) -> tuple[torch.Tensor, None, None]:
+        p, g, weights = ctx.saved_tensors
+        grad_bce, grad_tp, grad_prob = (x.unsqueeze(-1) for x in (grad_bce, grad_tp, grad_prob))
+        if weights is not None and weights.ndim == 2:
+            weights = weights.unsqueeze(1)
+
+        # Dice part: p * (1 - p) * (grad_tp * g + grad_prob * w).
+        dice_factor = g * grad_tp
+        dice_factor += grad_prob if weights is None else weights * grad_prob
+        grad = p * (1 - p)
+        grad *= dice_factor
+        del dice_factor
+
+        # BCE part: grad_bce * (w * p - g).
+        bce_factor = p if weights is None else weights * p
+        bce_factor = bce_factor - g
+        bce_factor *= grad_bce
+        grad += bce_factor
+        return grad.view(ctx.logits_shape).to(ctx.logits_dtype), None, None
 
 
 def level_statistics(
@@ -50,33 +108,22 @@ def level_statistics(
         targets: Targets (B, C, *spatial) in [0, 1], already 0 where ``valid`` is false.
         valid: None, a voxel mask (B, *spatial) or an element mask (B, C, *spatial).
     """
-    z = logits.float().flatten(2)
-    g = targets.to(device=z.device, dtype=torch.float32).flatten(2)
+    g = targets.to(device=logits.device, dtype=torch.float32).flatten(2)
     weights = None
     if valid is not None:
         flat_start = 1 if valid.ndim == logits.ndim - 1 else 2
-        weights = valid.to(device=z.device, dtype=torch.float32).flatten(flat_start)
+        weights = valid.to(device=logits.device, dtype=torch.float32).flatten(flat_start)
 
-    # BCE with logits is softplus(z) - g*z per voxel, where softplus(z) = log(1 + e^z)
-    # is computed stably. Subtracting per voxel, before summing, keeps the float32
-    # rounding error per voxel near eps * |z| instead of eps * sum(|z|). g is already
-    # zero at invalid voxels. softplus saves its input, not its output, for the
-    # backward pass, so the in-place update is safe.
-    voxel_bce = F.softplus(z)
-    voxel_bce.addcmul_(z, g, value=-1)
-    bce_sum = _masked_sum(voxel_bce, weights)
-    del voxel_bce
+    bce_sum, true_positive, prob_sum = _DifferentiableSums.apply(logits, g, weights)
     if weights is None:
-        voxel_count = z.new_full((z.shape[0], 1), float(z.shape[-1]))
+        voxel_count = g.new_full((g.shape[0], 1), float(g.shape[-1]))
     else:
         voxel_count = weights.sum(-1, keepdim=weights.ndim == 2)
-
-    p = torch.sigmoid(z)
     return LevelStatistics(
         bce_sum=bce_sum,
         voxel_count=voxel_count,
-        true_positive=torch.einsum("bcn,bcn->bc", p, g),
-        prob_sum=_masked_sum(p, weights),
+        true_positive=true_positive,
+        prob_sum=prob_sum,
         target_sum=g.sum(-1),
     )
 
