@@ -37,11 +37,7 @@ def folders(tmp_path: Path) -> tuple[Path, Path, Path]:
     write_image(_image(liver), predictions / "A__liver.nii.gz")
     write_image(_image(spleen), predictions / "B__spleen.nii.gz")
     write_image(_image(kidney), predictions / "B__kidney.nii.gz")
-    index = {
-        "A/liver": "A__liver.nii.gz",
-        "B/spleen": "B__spleen.nii.gz",
-        "B/kidney": "B__kidney.nii.gz",
-    }
+    index = {"A__liver": "A/liver", "B__spleen": "B/spleen", "B__kidney": "B/kidney"}
     (predictions / "classes.json").write_text(json.dumps(index))
 
     labels = tmp_path / "labels.json"

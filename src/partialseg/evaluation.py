@@ -48,11 +48,15 @@ def read_reference_labels(path: str | os.PathLike[str]) -> dict[str, list[int]]:
 
 
 def read_predicted_masks(case_dir: Path) -> dict[str, Path]:
-    """Return class name to mask file for one case folder written by ``partialseg predict``."""
+    """Return class name to mask file for one case folder written by ``partialseg predict``.
+
+    The folder's ``classes.json`` maps file name stems to class names; without
+    it, ``__`` in a stem stands for the ``/`` of the class name.
+    """
     index_file = case_dir / "classes.json"
     if index_file.is_file():
         index = json.loads(index_file.read_text())
-        return {name: case_dir / file_name for name, file_name in index.items()}
+        return {name: case_dir / f"{stem}.nii.gz" for stem, name in index.items()}
     return {image_stem(path).replace("__", "/"): path for path in sorted(case_dir.glob("*.nii*"))}
 
 
