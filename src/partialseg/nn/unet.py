@@ -165,14 +165,20 @@ class PlainUNet(SegmentationNetwork):
 def plain_unet(*, class_names: list[str] | None, **kwargs: Any) -> PlainUNet:
     """Build a small 3D plain U-Net: 4 stages with 16 to 128 features unless overridden.
 
+    Without ``strides``, the first stage keeps the resolution and every further
+    stage halves it, for as many stages as ``features_per_stage`` has.
+
     Example:
         >>> net = plain_unet(class_names=["liver"])
         >>> net.model_args["features_per_stage"]
         [16, 32, 64, 128]
+        >>> plain_unet(class_names=["liver"], features_per_stage=[8, 16, 32]).model_args["strides"]
+        [[1, 1, 1], [2, 2, 2], [2, 2, 2]]
     """
+    features = list(kwargs.get("features_per_stage", [16, 32, 64, 128]))
     options: dict[str, Any] = {
-        "features_per_stage": [16, 32, 64, 128],
-        "strides": [1, 2, 2, 2],
+        "features_per_stage": features,
+        "strides": [1] + [2] * (len(features) - 1),
         "kernel_sizes": 3,
     }
     options.update(kwargs)
