@@ -28,13 +28,13 @@ class LevelStatistics:
 
 
 def _masked_sum(values: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
-    """Sum (B, C, N) values over N, weighted by a (B, N) or (B, C, N) mask."""
+    """Sum (B, C, N) float32 values over N, weighted by a (B, N) or (B, C, N) mask."""
     if weights is None:
         return values.sum(-1)
     if weights.ndim == 2:
         # A batched matrix-vector product, which stores no full-size product.
         return torch.bmm(values, weights.unsqueeze(-1)).squeeze(-1)
-    return torch.linalg.vecdot(values, weights)
+    return (values * weights).sum(-1)
 
 
 class _DifferentiableSums(torch.autograd.Function):
@@ -48,7 +48,8 @@ class _DifferentiableSums(torch.autograd.Function):
 
     The backward pass combines the three terms directly instead of chaining the
     gradients of every elementwise step, which saves time and memory. Only p and
-    g are kept for it, so sigmoid runs once.
+    g are kept for it, so sigmoid runs once. g and an element mask w may be uint8:
+    elementwise operations promote them to float32 without a float32 copy.
     """
 
     @staticmethod
@@ -67,7 +68,7 @@ class _DifferentiableSums(torch.autograd.Function):
         del voxel_bce  # frees the temporary before sigmoid allocates p
 
         p = torch.sigmoid(z)
-        true_positive = torch.linalg.vecdot(p, g)
+        true_positive = (p * g).sum(-1)
         prob_sum = _masked_sum(p, weights)
         ctx.save_for_backward(p, g, weights)
         ctx.logits_shape, ctx.logits_dtype = logits.shape, logits.dtype
@@ -83,18 +84,22 @@ class _DifferentiableSums(torch.autograd.Function):
         if weights is not None and weights.ndim == 2:
             weights = weights.unsqueeze(1)
 
-        # Dice part: p * (1 - p) * (grad_tp * g + grad_prob * w).
-        dice_factor = g * grad_tp
-        dice_factor += grad_prob if weights is None else weights * grad_prob
-        grad = p * (1 - p)
-        grad *= dice_factor
-        del dice_factor
+        # Dice part: p * (1 - p) * (grad_tp * g + grad_prob * w). The in-place steps
+        # keep at most two full-size temporaries besides p and g.
+        grad = 1 - p
+        grad *= p
+        factor = g * grad_tp
+        factor += grad_prob if weights is None else weights * grad_prob
+        grad *= factor
 
-        # BCE part: grad_bce * (w * p - g).
-        bce_factor = p if weights is None else weights * p
-        bce_factor = bce_factor - g
-        bce_factor *= grad_bce
-        grad += bce_factor
+        # BCE part: grad_bce * (w * p - g), computed in the same temporary.
+        if weights is None:
+            factor.copy_(p)
+        else:
+            torch.mul(p, weights, out=factor)
+        factor -= g
+        factor *= grad_bce
+        grad += factor
         return grad.view(ctx.logits_shape).to(ctx.logits_dtype), None, None
 
 
@@ -108,23 +113,26 @@ def level_statistics(
         targets: Targets (B, C, *spatial) in [0, 1], already 0 where ``valid`` is false.
         valid: None, a voxel mask (B, *spatial) or an element mask (B, C, *spatial).
     """
-    g = targets.to(device=logits.device, dtype=torch.float32).flatten(2)
+    # Binary targets stay one byte per voxel, and float targets keep their dtype.
+    target_dtype = targets.dtype if targets.is_floating_point() else torch.uint8
+    g = targets.to(device=logits.device, dtype=target_dtype).flatten(2)
     weights = None
-    if valid is not None:
-        flat_start = 1 if valid.ndim == logits.ndim - 1 else 2
-        weights = valid.to(device=logits.device, dtype=torch.float32).flatten(flat_start)
+    if valid is not None and valid.ndim == logits.ndim - 1:
+        weights = valid.to(device=logits.device, dtype=torch.float32).flatten(1)
+    elif valid is not None:
+        weights = valid.to(device=logits.device, dtype=torch.uint8).flatten(2)
 
     bce_sum, true_positive, prob_sum = _DifferentiableSums.apply(logits, g, weights)
     if weights is None:
-        voxel_count = g.new_full((g.shape[0], 1), float(g.shape[-1]))
+        voxel_count = bce_sum.new_full((g.shape[0], 1), float(g.shape[-1]))
     else:
-        voxel_count = weights.sum(-1, keepdim=weights.ndim == 2)
+        voxel_count = weights.sum(-1, keepdim=weights.ndim == 2, dtype=torch.float32)
     return LevelStatistics(
         bce_sum=bce_sum,
         voxel_count=voxel_count,
         true_positive=true_positive,
         prob_sum=prob_sum,
-        target_sum=g.sum(-1),
+        target_sum=g.sum(-1, dtype=torch.float32),
     )
 
 
