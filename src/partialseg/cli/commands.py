@@ -7,6 +7,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 logger = logging.getLogger("partialseg")
 
@@ -19,28 +20,60 @@ def run_train(args: argparse.Namespace) -> int:
         "spacing": args.spacing,
         "patch_size": args.patch_size,
         "epochs": args.epochs,
-        "iterations_per_epoch": args.iterations,
-        "batch_size": args.batch_size,
     }
     config = TrainingConfig(
-        datasets=list(args.dataset),
-        output_dir=args.output,
-        seed=args.seed,
-        device=args.device,
         label_mode=args.label_mode,
-        augment=not args.no_augment,
-        foreground_fraction=args.foreground_fraction,
-        progress=not args.no_progress,
         model_args={"features_per_stage": args.features} if args.features else {},
+        **_loop_options(args),
         **{key: value for key, value in options.items() if value is not None},
     )
-    start = time.perf_counter()
-    Trainer(config).fit()
-    logger.info(
-        "model written to %s (%.1f min)",
-        Path(args.output) / "model",
-        (time.perf_counter() - start) / 60,
+    return _fit(Trainer(config), resume=args.resume)
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    """Fine-tune a pretrained model on new datasets and write the model folder."""
+    from partialseg.training import FineTuneConfig, FineTuner
+
+    config = FineTuneConfig(
+        pretrained=args.pretrained,
+        head_epochs=args.head_epochs,
+        warmup_epochs=args.warmup_epochs,
+        epochs=args.epochs,
+        head_lr=args.head_lr,
+        learning_rate=args.learning_rate,
+        **_loop_options(args),
     )
+    return _fit(FineTuner(config), resume=args.resume)
+
+
+def _loop_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the configuration fields that ``train`` and ``finetune`` share."""
+    options = {
+        "datasets": list(args.dataset),
+        "output_dir": args.output,
+        "seed": args.seed,
+        "device": args.device,
+        "augment": not args.no_augment,
+        "foreground_fraction": args.foreground_fraction,
+        "num_workers": args.num_workers,
+        "progress": not args.no_progress,
+    }
+    if args.iterations is not None:
+        options["iterations_per_epoch"] = args.iterations
+    if args.batch_size is not None:
+        options["batch_size"] = args.batch_size
+    return options
+
+
+def _fit(trainer: Any, *, resume: bool) -> int:
+    start = time.perf_counter()
+    trainer.fit(resume=resume)
+    if trainer.is_main:
+        logger.info(
+            "model written to %s (%.1f min)",
+            trainer.output_dir / "model",
+            (time.perf_counter() - start) / 60,
+        )
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -31,12 +32,91 @@ def _triple(kind: type) -> callable:
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spacing", type=_triple(float), help="target spacing z,y,x in mm")
     parser.add_argument("--patch-size", type=_triple(int), help="patch size z,y,x in voxels")
-    parser.add_argument("--epochs", type=int, help="number of epochs")
-    parser.add_argument("--iterations", type=int, help="optimizer steps per epoch")
-    parser.add_argument("--batch-size", type=int, help="patches per optimizer step")
+    parser.add_argument("--epochs", type=int, help="number of epochs (default 10)")
+    _add_loop_options(parser, default_iterations=50)
+
+
+def _add_loop_options(parser: argparse.ArgumentParser, *, default_iterations: int) -> None:
+    """Add the options that training and fine-tuning share."""
+    parser.add_argument(
+        "--dataset", action="append", required=True, help="dataset folder (repeat for more)"
+    )
+    parser.add_argument("-o", "--output", required=True, help="output folder")
+
+    parser.add_argument(
+        "--iterations", type=int, help=f"optimizer steps per epoch (default {default_iterations})"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="patches per optimizer step and process; under torchrun the global batch is "
+        "this times the number of processes (default 2)",
+    )
+
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--device", default="auto", help="torch device (default: cuda if present)")
+    parser.add_argument(
+        "--num-workers", type=int, default=0, help="data loader worker processes (default 0)"
+    )
+    parser.add_argument("--no-augment", action="store_true", help="turn off data augmentation")
+    parser.add_argument(
+        "--foreground-fraction",
+        type=float,
+        default=1 / 3,
+        help="fraction of patches centred on a labelled voxel (default 1/3)",
+    )
+
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in the output folder from its last checkpoint; pass the "
+        "options of the original run (--epochs may change)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_finetune_parser(sub: argparse._SubParsersAction) -> None:
+    finetune = sub.add_parser(
+        "finetune",
+        help="fine-tune a pretrained model on new datasets (heads, warm-up, then poly decay)",
+        description="Fine-tune a pretrained model with the MultiTalent recipe: train only "
+        "the heads (AdamW), then warm up the whole network (SGD), then decay the learning "
+        "rate. The new data is prepared with the model's spacing, patch size and CT "
+        "statistics. Classes whose <dataset>/<class> name exists in the model keep their "
+        "heads; the others get new ones.",
+    )
+    finetune.add_argument(
+        "--pretrained", required=True, help="model folder (save_pretrained) or Hub repo id"
+    )
+    finetune.add_argument(
+        "--head-epochs", type=int, default=10, help="epochs training only the heads (default 10)"
+    )
+    finetune.add_argument(
+        "--warmup-epochs",
+        type=int,
+        default=50,
+        help="epochs of linear learning-rate warm-up of the whole network (default 50)",
+    )
+    finetune.add_argument(
+        "--epochs",
+        type=int,
+        default=1000,
+        help="epochs of poly decay after the warm-up (default 1000)",
+    )
+    finetune.add_argument(
+        "--head-lr",
+        type=float,
+        default=5e-4,
+        help="peak learning rate of the heads phase (default 5e-4)",
+    )
+    finetune.add_argument(
+        "--learning-rate",
+        type=float,
+        default=1e-2,
+        help="peak learning rate of the warm-up and start of the decay (default 1e-2)",
+    )
+    _add_loop_options(finetune, default_iterations=250)
+    finetune.set_defaults(handler=commands.run_finetune)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,8 +141,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=commands.run_demo)
 
     train = sub.add_parser("train", help="train on nnU-Net raw datasets")
-    train.add_argument("--dataset", action="append", required=True, help="dataset folder (repeat)")
-    train.add_argument("-o", "--output", required=True, help="output folder")
     _add_training_options(train)
     train.add_argument(
         "--features",
@@ -75,14 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="partial",
         help="partial: MultiTalent loss; naive: unannotated classes as background",
     )
-    train.add_argument("--no-augment", action="store_true", help="turn off data augmentation")
-    train.add_argument(
-        "--foreground-fraction",
-        type=float,
-        default=1 / 3,
-        help="fraction of patches centred on a labelled voxel (default 1/3)",
-    )
     train.set_defaults(handler=commands.run_train)
+    _add_finetune_parser(sub)
 
     predict = sub.add_parser("predict", help="predict per-class masks for CT volumes")
     predict.add_argument(
@@ -131,14 +203,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_logging(*, verbose: bool) -> None:
+    """Log INFO (DEBUG with -v) on rank 0, and only warnings and errors on other ranks."""
+    rank = os.environ.get("RANK", "0")
+    level = logging.DEBUG if verbose else logging.INFO
+    prefix = ""
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):
+        prefix = f"rank {rank} "
+        if rank != "0" and not verbose:
+            level = logging.WARNING
+    logging.basicConfig(
+        level=level,
+        format=f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``partialseg`` command and return its exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    _configure_logging(verbose=args.verbose)
     try:
         return int(args.handler(args) or 0)
     except (ValueError, TypeError, OSError) as error:

@@ -1,14 +1,26 @@
-"""The training loop and its configuration."""
+"""The training loop, fine-tuning, checkpoints and distributed training."""
 
-from partialseg.training.config import TrainingConfig
+from partialseg.training.checkpoint import Checkpoint, latest_checkpoint, read_checkpoint
+from partialseg.training.config import FineTuneConfig, TrainingConfig
+from partialseg.training.data import build_registry
+from partialseg.training.distributed import DistributedContext, init_distributed
+from partialseg.training.finetune import FineTuner
 from partialseg.training.targets import NaiveMergeTargets, PartialTargets
-from partialseg.training.trainer import Trainer, build_registry, poly_lr
+from partialseg.training.trainer import Callback, Trainer, poly_lr
 
 __all__ = [
+    "Callback",
+    "Checkpoint",
+    "DistributedContext",
+    "FineTuneConfig",
+    "FineTuner",
     "NaiveMergeTargets",
     "PartialTargets",
     "Trainer",
     "TrainingConfig",
     "build_registry",
+    "init_distributed",
+    "latest_checkpoint",
     "poly_lr",
+    "read_checkpoint",
 ]
