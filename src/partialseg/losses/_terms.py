@@ -48,8 +48,12 @@ class _DifferentiableSums(torch.autograd.Function):
 
     The backward pass combines the three terms directly instead of chaining the
     gradients of every elementwise step, which saves time and memory. Only p and
-    g are kept for it, so sigmoid runs once. g and an element mask w may be uint8:
-    elementwise operations promote them to float32 without a float32 copy.
+    g are kept for it, so sigmoid runs once. g and an element mask w may be uint8,
+    which keeps the saved g at one byte per voxel.
+
+    NOTE: CPU kernels cast a uint8 operand to a float32 temporary in each mixed
+    elementwise operation, so on the CPU the transient peak memory stays that of
+    float32 targets (measured with benchmarks/loss_benchmark.py).
     """
 
     @staticmethod
@@ -84,8 +88,8 @@ class _DifferentiableSums(torch.autograd.Function):
         if weights is not None and weights.ndim == 2:
             weights = weights.unsqueeze(1)
 
-        # Dice part: p * (1 - p) * (grad_tp * g + grad_prob * w). The in-place steps
-        # keep at most two full-size temporaries besides p and g.
+        # Dice part: p * (1 - p) * (grad_tp * g + grad_prob * w), computed in place
+        # as far as possible.
         grad = 1 - p
         grad *= p
         factor = g * grad_tp
