@@ -97,8 +97,9 @@ def main() -> int:
         predict_to_folder(predictor, images, predictions)
         summary = evaluate_folder(predictions, references, labels)
         results["arms"][arm] = {"training_minutes": minutes, "summary": summary}
-        logger.info("%s: %.1f min, mean Dice %.3f", arm, minutes,
-                    summary["overall"]["mean_over_classes"])
+        logger.info(
+            "%s: %.1f min, mean Dice %.3f", arm, minutes, summary["overall"]["mean_over_classes"]
+        )
         (args.output / "results.json").write_text(json.dumps(results, indent=2, default=_nan))
     return 0
 

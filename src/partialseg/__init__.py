@@ -31,6 +31,8 @@ _EXPORTS = {
     "Predictor": "partialseg.inference",
     "Trainer": "partialseg.training",
     "TrainingConfig": "partialseg.training",
+    "FineTuner": "partialseg.training",
+    "FineTuneConfig": "partialseg.training",
     "from_pretrained": "partialseg.hub",
     "save_pretrained": "partialseg.hub",
     "push_to_hub": "partialseg.hub",

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from partialseg import __version__
 from partialseg.cli import commands
+from partialseg.hub.errors import WeightsMismatchError
 
 logger = logging.getLogger("partialseg")
 
@@ -145,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--features",
         type=lambda t: [int(v) for v in t.split(",")],
-        help="features per stage, e.g. 16,32,64,128 (default 16,32,64,128,256)",
+        help="features per stage, e.g. 16,32,64,128 (default: 16 doubling per stage up to 320, "
+        "with as many stages as the patch size allows)",
     )
     train.add_argument(
         "--label-mode",
@@ -225,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(verbose=args.verbose)
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, TypeError, OSError) as error:
+    except (ValueError, TypeError, OSError, WeightsMismatchError) as error:
         logger.debug("command failed", exc_info=True)
         print(f"partialseg {args.command}: error: {error}", file=sys.stderr)
         return 2
