@@ -48,12 +48,7 @@ class _DifferentiableSums(torch.autograd.Function):
 
     The backward pass combines the three terms directly instead of chaining the
     gradients of every elementwise step, which saves time and memory. Only p and
-    g are kept for it, so sigmoid runs once. g and an element mask w may be uint8,
-    which keeps the saved g at one byte per voxel.
-
-    NOTE: CPU kernels cast a uint8 operand to a float32 temporary in each mixed
-    elementwise operation, so on the CPU the transient peak memory stays that of
-    float32 targets (measured with benchmarks/loss_benchmark.py).
+    g are kept for it, so sigmoid runs once.
     """
 
     @staticmethod
@@ -117,26 +112,25 @@ def level_statistics(
         targets: Targets (B, C, *spatial) in [0, 1], already 0 where ``valid`` is false.
         valid: None, a voxel mask (B, *spatial) or an element mask (B, C, *spatial).
     """
-    # Binary targets stay one byte per voxel, and float targets keep their dtype.
-    target_dtype = targets.dtype if targets.is_floating_point() else torch.uint8
-    g = targets.to(device=logits.device, dtype=target_dtype).flatten(2)
+    # One float32 copy of the targets is faster on the CPU than uint8 operands,
+    # which every mixed-dtype operation would cast to a float32 temporary again.
+    g = targets.to(device=logits.device, dtype=torch.float32).flatten(2)
     weights = None
-    if valid is not None and valid.ndim == logits.ndim - 1:
-        weights = valid.to(device=logits.device, dtype=torch.float32).flatten(1)
-    elif valid is not None:
-        weights = valid.to(device=logits.device, dtype=torch.uint8).flatten(2)
+    if valid is not None:
+        flat_start = 1 if valid.ndim == logits.ndim - 1 else 2
+        weights = valid.to(device=logits.device, dtype=torch.float32).flatten(flat_start)
 
     bce_sum, true_positive, prob_sum = _DifferentiableSums.apply(logits, g, weights)
     if weights is None:
         voxel_count = bce_sum.new_full((g.shape[0], 1), float(g.shape[-1]))
     else:
-        voxel_count = weights.sum(-1, keepdim=weights.ndim == 2, dtype=torch.float32)
+        voxel_count = weights.sum(-1, keepdim=weights.ndim == 2)
     return LevelStatistics(
         bce_sum=bce_sum,
         voxel_count=voxel_count,
         true_positive=true_positive,
         prob_sum=prob_sum,
-        target_sum=g.sum(-1, dtype=torch.float32),
+        target_sum=g.sum(-1),
     )
 
 
