@@ -47,8 +47,10 @@ def test_dataset_ignore_value_is_left_out(registry):
     with_ignored = torch.tensor([[0, 1, 9, 9, 1, 0]])
     loss_fn = PartialLabelLoss(registry=registry)
     loss = loss_fn(logits, with_ignored, dataset_names=["D02"])
-    kept = [0, 1, 4, 5]
-    expected = loss_fn(logits[..., kept], with_ignored[..., kept], dataset_names=["D02"])
+    kept_voxels = [0, 1, 4, 5]
+    expected = loss_fn(
+        logits[..., kept_voxels], with_ignored[..., kept_voxels], dataset_names=["D02"]
+    )
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
 
 
@@ -57,8 +59,10 @@ def test_ignore_index_in_label_maps(registry):
     label_maps = torch.tensor([[2, 255, 1, 0, 255]])
     loss_fn = PartialLabelLoss(registry=registry, ignore_index=255)
     loss = loss_fn(logits, label_maps, dataset_names=["D01"])
-    kept = [0, 2, 3]
-    expected = loss_fn(logits[..., kept], label_maps[..., kept], dataset_names=["D01"])
+    kept_voxels = [0, 2, 3]
+    expected = loss_fn(
+        logits[..., kept_voxels], label_maps[..., kept_voxels], dataset_names=["D01"]
+    )
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
 
 
