@@ -186,3 +186,17 @@ def test_weight_count_mismatch_raises():
     loss_fn = PartialLabelLoss(deep_supervision_weights=[1.0, 0.0, 0.0])
     with pytest.raises(ValueError, match="has 3 entries but the network returned 2 levels"):
         loss_fn([random_logits(1, 1, 4)] * 2, torch.zeros(1, 1, 4), torch.ones(1, 1).bool())
+
+
+def test_autocast_does_not_lower_precision(registry):
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 3, 16, 16, 16, generator=generator)
+    label_maps = torch.randint(0, 3, (2, 16, 16, 16), generator=generator)
+    label_maps[:, 0] = 255
+    names = ["D01", "D01"]
+    loss_fn = PartialLabelLoss(registry=registry, ignore_index=255)
+    expected = loss_fn(logits, label_maps, dataset_names=names)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        under_autocast = loss_fn(logits, label_maps, dataset_names=names)
+    assert under_autocast.dtype == torch.float32
+    assert under_autocast.item() == pytest.approx(expected.item(), rel=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -218,17 +219,21 @@ class PartialLabelLoss(nn.Module):
         loss = first.new_zeros((), dtype=torch.float32)
         bce_value = first.new_zeros((), dtype=torch.float32)
         dice_value = first.new_zeros((), dtype=torch.float32)
-        for weight, level_logits, level_targets in zip(
-            weights, logits_levels, target_levels, strict=True
-        ):
-            if weight == 0:
-                continue
-            bce, dice = self._level_terms(
-                level_logits, level_targets, annotated, registry, dataset_names, world_size
-            )
-            loss = loss + weight * (world_size * self.bce_weight * bce - self.dice_weight * dice)
-            bce_value = bce_value + weight * self.bce_weight * bce.detach()
-            dice_value = dice_value + weight * self.dice_weight * dice.detach()
+        # Autocast would run the batched matrix products of the voxel sums in half
+        # precision, so it is switched off: the loss is computed in float32.
+        with _autocast_disabled(first.device.type):
+            for weight, level_logits, level_targets in zip(
+                weights, logits_levels, target_levels, strict=True
+            ):
+                if weight == 0:
+                    continue
+                bce, dice = self._level_terms(
+                    level_logits, level_targets, annotated, registry, dataset_names, world_size
+                )
+                scaled_bce = world_size * self.bce_weight * bce
+                loss = loss + weight * (scaled_bce - self.dice_weight * dice)
+                bce_value = bce_value + weight * self.bce_weight * bce.detach()
+                dice_value = dice_value + weight * self.dice_weight * dice.detach()
         if world_size == 1:
             return loss
 
@@ -324,6 +329,14 @@ class PartialLabelLoss(nn.Module):
                 f"got {tuple(annotated.shape)}"
             )
         return annotated.to(logits.device)
+
+
+def _autocast_disabled(device_type: str) -> contextlib.AbstractContextManager:
+    try:
+        return torch.autocast(device_type=device_type, enabled=False)
+    except (RuntimeError, ValueError):
+        # Devices without autocast support have nothing to switch off.
+        return contextlib.nullcontext()
 
 
 def _check_non_negative(**options: float | Sequence[float]) -> None:
