@@ -86,6 +86,21 @@ def test_merge_conflicting_label_values_raises(registry):
         registry.merge(other)
 
 
+def test_merge_different_class_order_raises(registry):
+    other = LabelRegistry()
+    other.add_dataset("D07", {"spleen": [2], "liver": [1]})
+    with pytest.raises(ValueError, match="'D07' is defined differently"):
+        registry.merge(other)
+
+
+def test_equality_depends_on_class_order():
+    first = LabelRegistry()
+    first.add_dataset("D01", {"liver": [1], "spleen": [2]})
+    second = LabelRegistry()
+    second.add_dataset("D01", {"spleen": [2], "liver": [1]})
+    assert first != second
+
+
 def test_merged_registry_encodes_new_dataset(registry):
     other = LabelRegistry()
     other.add_dataset("D09", {"kidney": [1]})

@@ -343,7 +343,8 @@ class LabelRegistry(EncodingMixin, SerializationMixin):
         The datasets of ``self`` keep their channels, and the datasets that only
         ``other`` has follow in ``other``'s order, so a model trained with ``self``
         keeps its channel indices when datasets are added. A dataset in both
-        registries must have the same definition and appears once.
+        registries must have the same definition, including the order of its
+        classes, and appears once.
 
         Args:
             other: The registry to add.
@@ -371,7 +372,7 @@ class LabelRegistry(EncodingMixin, SerializationMixin):
             existing = merged._datasets.get(name)
             if existing is None:
                 merged._datasets[name] = entry
-            elif existing != entry:
+            elif _definition(existing) != _definition(entry):
                 raise ValueError(
                     f"dataset {name!r} is defined differently in the two registries: "
                     f"{_describe(existing)} versus {_describe(entry)}; rename one of them"
@@ -384,7 +385,8 @@ class LabelRegistry(EncodingMixin, SerializationMixin):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, LabelRegistry):
             return NotImplemented
-        return list(self._datasets.items()) == list(other._datasets.items())
+        # Class order is part of the definition because it fixes the channels.
+        return self.to_dict() == other.to_dict()
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -393,6 +395,11 @@ class LabelRegistry(EncodingMixin, SerializationMixin):
             f"LabelRegistry({len(self._datasets)} datasets, {self.num_classes} classes: "
             f"{self.dataset_names})"
         )
+
+
+def _definition(entry: DatasetLabels) -> tuple:
+    """Return what defines a dataset's channels, with the class order."""
+    return (list(entry.classes.items()), entry.label_values, entry.ignore_value)
 
 
 def _describe(entry: DatasetLabels) -> str:
