@@ -87,3 +87,15 @@ def check_name(name: Any, *, field: str) -> str:
     if not name or SEPARATOR in name:
         raise ValueError(f"{field} must be a non-empty string without {SEPARATOR!r}, got {name!r}")
     return name
+
+
+def dataset_definition(entry: DatasetLabels) -> tuple:
+    """Return what defines a dataset's channels, with the class order."""
+    return (list(entry.classes.items()), entry.label_values, entry.ignore_value)
+
+
+def describe_dataset(entry: DatasetLabels) -> str:
+    text = f"classes {dict(entry.classes)}, label values {list(entry.label_values)}"
+    if entry.ignore_value is not None:
+        text += f", ignore value {entry.ignore_value}"
+    return text

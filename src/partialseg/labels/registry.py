@@ -12,6 +12,8 @@ from partialseg.labels._dataset import (
     DatasetLabels,
     as_label_values,
     check_name,
+    dataset_definition,
+    describe_dataset,
     suggest_name,
 )
 from partialseg.labels._encoding import EncodingMixin
@@ -372,10 +374,11 @@ class LabelRegistry(EncodingMixin, SerializationMixin):
             existing = merged._datasets.get(name)
             if existing is None:
                 merged._datasets[name] = entry
-            elif _definition(existing) != _definition(entry):
+            elif dataset_definition(existing) != dataset_definition(entry):
                 raise ValueError(
                     f"dataset {name!r} is defined differently in the two registries: "
-                    f"{_describe(existing)} versus {_describe(entry)}; rename one of them"
+                    f"{describe_dataset(existing)} versus {describe_dataset(entry)}. "
+                    "Rename one of them"
                 )
         return merged
 
@@ -395,15 +398,3 @@ class LabelRegistry(EncodingMixin, SerializationMixin):
             f"LabelRegistry({len(self._datasets)} datasets, {self.num_classes} classes: "
             f"{self.dataset_names})"
         )
-
-
-def _definition(entry: DatasetLabels) -> tuple:
-    """Return what defines a dataset's channels, with the class order."""
-    return (list(entry.classes.items()), entry.label_values, entry.ignore_value)
-
-
-def _describe(entry: DatasetLabels) -> str:
-    text = f"classes {dict(entry.classes)}, label values {list(entry.label_values)}"
-    if entry.ignore_value is not None:
-        text += f", ignore value {entry.ignore_value}"
-    return text

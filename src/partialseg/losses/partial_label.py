@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
 
-from partialseg.losses._targets import binary_targets, label_map_targets, resize_nearest
+from partialseg.losses._checks import (
+    align_target_levels,
+    autocast_disabled,
+    check_logits,
+    check_non_negative,
+    check_registry,
+    resize_to_level,
+)
+from partialseg.losses._targets import binary_targets, label_map_targets
 from partialseg.losses._terms import bce_term, dice_terms, level_statistics
 from partialseg.losses.distributed import all_reduce_sum, distributed_world_size
 
@@ -143,12 +149,12 @@ class PartialLabelLoss(nn.Module):
             raise ValueError(
                 f"class_reduction must be one of {CLASS_REDUCTIONS}, got {class_reduction!r}"
             )
-        _check_non_negative(smooth=smooth, bce_weight=bce_weight, dice_weight=dice_weight)
+        check_non_negative(smooth=smooth, bce_weight=bce_weight, dice_weight=dice_weight)
         if deep_supervision_weights is not None:
             deep_supervision_weights = [float(w) for w in deep_supervision_weights]
             if not deep_supervision_weights:
                 raise ValueError("deep_supervision_weights must not be empty")
-            _check_non_negative(deep_supervision_weights=deep_supervision_weights)
+            check_non_negative(deep_supervision_weights=deep_supervision_weights)
 
         self.batch_dice = batch_dice
         self.class_reduction = class_reduction
@@ -211,9 +217,9 @@ class PartialLabelLoss(nn.Module):
         weights = self._level_weights(len(logits_levels))
         registry = registry if registry is not None else self.registry
         first = logits_levels[0]
-        _check_logits(first)
+        check_logits(first)
         annotated = self._annotated_mask(annotated, first, registry, dataset_names)
-        target_levels = _align_target_levels(targets, logits_levels)
+        target_levels = align_target_levels(targets, logits_levels)
         world_size = self._world_size()
 
         loss = first.new_zeros((), dtype=torch.float32)
@@ -221,7 +227,7 @@ class PartialLabelLoss(nn.Module):
         dice_value = first.new_zeros((), dtype=torch.float32)
         # Autocast would run the batched matrix products of the voxel sums in half
         # precision, so it is switched off: the loss is computed in float32.
-        with _autocast_disabled(first.device.type):
+        with autocast_disabled(first.device.type):
             for weight, level_logits, level_targets in zip(
                 weights, logits_levels, target_levels, strict=True
             ):
@@ -251,10 +257,10 @@ class PartialLabelLoss(nn.Module):
         dataset_names: Sequence[str] | None,
         world_size: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        _check_logits(logits)
-        targets = _resize_to_level(targets, logits)
+        check_logits(logits)
+        targets = resize_to_level(targets, logits)
         if targets.ndim == logits.ndim - 1:
-            _check_registry(registry, dataset_names, logits)
+            check_registry(registry, dataset_names, logits)
             targets, valid = label_map_targets(
                 targets,
                 registry=registry,
@@ -316,7 +322,7 @@ class PartialLabelLoss(nn.Module):
                     "annotated is required unless both a registry and dataset_names are "
                     "given, from which the loss derives it"
                 )
-            _check_registry(registry, dataset_names, logits)
+            check_registry(registry, dataset_names, logits)
             annotated = registry.annotated_mask(dataset_names)
         if not isinstance(annotated, torch.Tensor) or annotated.dtype != torch.bool:
             received = getattr(annotated, "dtype", type(annotated).__name__)
@@ -329,84 +335,3 @@ class PartialLabelLoss(nn.Module):
                 f"got {tuple(annotated.shape)}"
             )
         return annotated.to(logits.device)
-
-
-def _autocast_disabled(device_type: str) -> contextlib.AbstractContextManager:
-    try:
-        return torch.autocast(device_type=device_type, enabled=False)
-    except (RuntimeError, ValueError):
-        # Devices without autocast support have nothing to switch off.
-        return contextlib.nullcontext()
-
-
-def _check_non_negative(**options: float | Sequence[float]) -> None:
-    for name, value in options.items():
-        values = value if isinstance(value, Sequence) else [value]
-        if not all(math.isfinite(v) and v >= 0 for v in values):
-            raise ValueError(f"{name} must be finite non-negative numbers, got {value!r}")
-
-
-def _check_logits(logits: torch.Tensor) -> None:
-    if not isinstance(logits, torch.Tensor) or logits.ndim < 3:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"logits must be tensors of shape (B, C, *spatial), got {shape}")
-    if not logits.is_floating_point():
-        raise TypeError(f"logits must be a floating-point tensor, got {logits.dtype}")
-
-
-def _check_registry(
-    registry: LabelRegistry | None, dataset_names: Sequence[str] | None, logits: torch.Tensor
-) -> None:
-    if registry is None or dataset_names is None:
-        raise ValueError(
-            "integer label maps of shape (B, *spatial) need registry= and dataset_names= "
-            "to be encoded; pass binary maps of shape (B, C, *spatial) otherwise"
-        )
-    if registry.num_classes != logits.shape[1]:
-        raise ValueError(
-            f"the registry has {registry.num_classes} classes but the logits have "
-            f"{logits.shape[1]} channels"
-        )
-    if isinstance(dataset_names, str) or len(dataset_names) != logits.shape[0]:
-        raise ValueError(
-            f"dataset_names must list one dataset per sample ({logits.shape[0]}), "
-            f"got {dataset_names!r}"
-        )
-
-
-def _align_target_levels(
-    targets: torch.Tensor | Sequence[torch.Tensor], logits_levels: list[torch.Tensor]
-) -> list[torch.Tensor]:
-    if isinstance(targets, torch.Tensor):
-        _check_target_shape(targets, logits_levels[0], level=0)
-        return [targets] * len(logits_levels)
-    targets = list(targets)
-    if len(targets) != len(logits_levels):
-        raise ValueError(
-            f"got {len(logits_levels)} logits levels but {len(targets)} target levels; "
-            "pass one targets tensor per level or a single full-resolution tensor"
-        )
-    for level, (level_targets, level_logits) in enumerate(zip(targets, logits_levels, strict=True)):
-        _check_target_shape(level_targets, level_logits, level=level)
-    return targets
-
-
-def _check_target_shape(targets: torch.Tensor, logits: torch.Tensor, *, level: int) -> None:
-    if not isinstance(targets, torch.Tensor):
-        raise TypeError(f"targets must be tensors, got {type(targets).__name__} at level {level}")
-    binary = targets.shape == logits.shape
-    label_map = targets.shape == (logits.shape[0], *logits.shape[2:])
-    if not (binary or label_map):
-        raise ValueError(
-            f"targets at level {level} have shape {tuple(targets.shape)}, but logits of "
-            f"shape {tuple(logits.shape)} need binary maps of the same shape or label "
-            f"maps of shape {(logits.shape[0], *logits.shape[2:])}"
-        )
-
-
-def _resize_to_level(targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """Resize full-resolution targets to a lower level's spatial shape."""
-    spatial = tuple(logits.shape[2:])
-    if tuple(targets.shape[-len(spatial) :]) == spatial:
-        return targets
-    return resize_nearest(targets, spatial)
