@@ -6,7 +6,7 @@ from partialseg.training.data import build_registry
 from partialseg.training.distributed import DistributedContext, init_distributed
 from partialseg.training.finetune import FineTuner
 from partialseg.training.targets import NaiveMergeTargets, PartialTargets
-from partialseg.training.trainer import Callback, Trainer, poly_lr
+from partialseg.training.trainer import Callback, Trainer
 
 __all__ = [
     "Callback",
@@ -21,6 +21,5 @@ __all__ = [
     "build_registry",
     "init_distributed",
     "latest_checkpoint",
-    "poly_lr",
     "read_checkpoint",
 ]

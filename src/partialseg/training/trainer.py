@@ -47,16 +47,6 @@ from partialseg.training.targets import NaiveMergeTargets, PartialTargets
 logger = logging.getLogger(__name__)
 
 
-def poly_lr(initial: float, epoch: int, max_epochs: int, exponent: float = 0.9) -> float:
-    """Return nnU-Net's polynomial learning rate ``initial * (1 - epoch / max_epochs) ** exponent``.
-
-    Example:
-        >>> poly_lr(0.01, 0, 1000), round(poly_lr(0.01, 500, 1000), 6)
-        (0.01, 0.005359)
-    """
-    return initial * (1 - epoch / max_epochs) ** exponent
-
-
 class Trainer:
     """Trains a network on a collection of partially labeled datasets.
 
