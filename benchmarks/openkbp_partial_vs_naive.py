@@ -7,7 +7,10 @@ unannotated organs count as background). Both predict the five OpenKBP patients
 that are in no training dataset and are scored against their contoured organs.
 
 Usage:
-    python benchmarks/openkbp_partial_vs_naive.py --output runs/openkbp --minutes 40
+    python benchmarks/openkbp_partial_vs_naive.py --output runs/openkbp
+
+``--evaluate-only`` skips training and scores ``<output>/<arm>/model`` folders
+written earlier, for example by ``partialseg train ... --label-mode naive``.
 """
 
 from __future__ import annotations
@@ -84,6 +87,11 @@ def main() -> int:
     parser.add_argument("--features", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--arms", nargs="+", default=["partial", "naive"])
+    parser.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="score existing <output>/<arm>/model folders without training",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -91,10 +99,15 @@ def main() -> int:
     images, references, labels = prepare_held_out(data, args.output)
     results = {"command": " ".join(sys.argv), "arms": {}}
     for arm in args.arms:
-        model_dir, minutes = train_arm(args, data, arm)
+        if args.evaluate_only:
+            model_dir = args.output / arm / "model"
+            log = json.loads((args.output / arm / "training_log.json").read_text())
+            minutes = sum(record["seconds"] for record in log["epochs"]) / 60
+        else:
+            model_dir, minutes = train_arm(args, data, arm)
         predictor = Predictor(from_pretrained(model_dir), progress=False)
         predictions = args.output / arm / "predictions"
-        predict_to_folder(predictor, images, predictions)
+        predict_to_folder(predictor, images, predictions, existing="overwrite")
         summary = evaluate_folder(predictions, references, labels)
         results["arms"][arm] = {"training_minutes": minutes, "summary": summary}
         logger.info(
