@@ -7,6 +7,7 @@ MONAI is imported when the network is built.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from typing import Any
 
@@ -140,9 +141,14 @@ class SwinUNETRNetwork(SegmentationNetwork):
         return [out, dec0, dec1, dec2, dec3]
 
 
-@register_model("swinunetr")
 def swinunetr(*, class_names: list[str] | None, **kwargs: Any) -> SwinUNETRNetwork:
     """Build MONAI's SwinUNETR with per-class heads (feature size 48 unless overridden)."""
     if class_names is None and "num_classes" not in kwargs:
         raise ValueError("swinunetr has no default classes; pass classes=<names or count>")
     return SwinUNETRNetwork(class_names=class_names, architecture="swinunetr", **kwargs)
+
+
+# Registered only with MONAI installed, so that list_models() names only networks
+# that can be built, even when this module is imported directly.
+if importlib.util.find_spec("monai") is not None:
+    register_model("swinunetr")(swinunetr)
