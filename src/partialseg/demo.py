@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,10 @@ def run_demo(
     from partialseg.training import Trainer, TrainingConfig
 
     output_dir = Path(output_dir)
+    if (output_dir / "run").exists():
+        # The demo owns its folder: an earlier, perhaps interrupted, run is replaced.
+        logger.info("replacing the earlier demo run in %s", output_dir / "run")
+        shutil.rmtree(output_dir / "run")
     datasets = make_synthetic_collection(output_dir / "data", seed=seed)
     config = TrainingConfig(
         datasets=[str(folder) for folder in datasets],
@@ -55,6 +60,9 @@ def run_demo(
         batch_size=2,
         seed=seed,
         model_args={"features_per_stage": [8, 16, 32, 64]},
+        # Every synthetic case is drawn from the same shape model, so augmentation
+        # only slows convergence within the demo's budget.
+        augment=False,
         progress=progress,
     )
     start = time.perf_counter()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from partialseg.data.cases import ct_statistics, load_case, load_cases
+from partialseg.data.cases import ct_statistics, load_case, load_cases, median_spacing
 from partialseg.data.io import (
     GeometryMismatchError,
     ImageReadError,
@@ -19,6 +19,7 @@ from partialseg.data.io import (
     write_image,
 )
 from partialseg.data.nnunet import Case, read_raw_dataset
+from partialseg.labels import LabelRegistry
 from partialseg.training import build_registry
 
 
@@ -181,3 +182,54 @@ def test_build_registry_rejects_duplicate_names(synthetic_collection: list[Path]
     dataset = read_raw_dataset(synthetic_collection[0])
     with pytest.raises(ValueError, match="appears twice"):
         build_registry([dataset, dataset])
+
+
+def test_read_image_truncated_uncompressed_nifti(tmp_path: Path) -> None:
+    image = sitk.GetImageFromArray(np.ones((8, 8, 8), dtype=np.int16))
+    sitk.WriteImage(image, str(tmp_path / "full.nii"))
+    data = (tmp_path / "full.nii").read_bytes()
+    (tmp_path / "half.nii").write_bytes(data[: len(data) // 2])
+    assert read_image(tmp_path / "full.nii").GetSize() == (8, 8, 8)
+    with pytest.raises(ImageReadError, match=r"half\.nii is truncated"):
+        read_image(tmp_path / "half.nii")
+
+
+def test_load_case_label_values_above_255(tmp_path: Path) -> None:
+    shape = (6, 8, 8)
+    image = sitk.GetImageFromArray(np.zeros(shape, dtype=np.int16))
+    label_array = np.zeros(shape, dtype=np.int16)
+    label_array[1:3, 2:4, 2:4] = 257
+    label_array[3:5, 4:6, 4:6] = 1
+    label = sitk.GetImageFromArray(label_array)
+    write_image(image, tmp_path / "ct.nii.gz")
+    write_image(label, tmp_path / "label.nii.gz")
+    registry = LabelRegistry()
+    registry.add_dataset("D", {"spleen": [1], "kidney": [257]})
+    case = Case("c", "D", tmp_path / "ct.nii.gz", tmp_path / "label.nii.gz")
+    loaded = load_case(case, (1.0, 1.0, 1.0), registry)
+    assert sorted(np.unique(loaded.label).tolist()) == [0, 1, 257]
+
+
+def test_load_case_accepts_whole_number_float_labels(tmp_path: Path) -> None:
+    shape = (4, 6, 6)
+    label_array = np.zeros(shape, dtype=np.float32)
+    label_array[1:3, 1:3, 1:3] = 2.0
+    write_image(sitk.GetImageFromArray(np.zeros(shape, dtype=np.int16)), tmp_path / "ct.nii.gz")
+    write_image(sitk.GetImageFromArray(label_array), tmp_path / "label.nii.gz")
+    registry = LabelRegistry()
+    registry.add_dataset("D", {"liver": [2]})
+    case = Case("c", "D", tmp_path / "ct.nii.gz", tmp_path / "label.nii.gz")
+    assert set(np.unique(load_case(case, (1.0, 1.0, 1.0), registry).label)) == {0, 2}
+
+    label_array[0, 0, 0] = 0.5
+    write_image(sitk.GetImageFromArray(label_array), tmp_path / "label.nii.gz")
+    with pytest.raises(ValueError, match=r"label\.nii\.gz is a label map with non-integer"):
+        load_case(case, (1.0, 1.0, 1.0), registry)
+
+
+def test_median_spacing_names_corrupt_file(tmp_path: Path) -> None:
+    broken = tmp_path / "broken_0000.nii"
+    broken.write_bytes(b"not an image")
+    case = Case("broken", "D", broken, broken)
+    with pytest.raises(ImageReadError, match=r"broken_0000\.nii"):
+        median_spacing([case])

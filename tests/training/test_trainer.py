@@ -152,3 +152,32 @@ def test_cli_train_missing_dataset_reports_error(
     status = main(["train", "--dataset", str(tmp_path / "nowhere"), "-o", str(tmp_path / "out")])
     assert status == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spacing", [(0.0, 1.0, 1.0), (-1.0, 1.0, 1.0), (float("nan"), 1.0, 1.0)])
+def test_config_rejects_invalid_spacing(tmp_path: Path, spacing: tuple[float, ...]) -> None:
+    with pytest.raises(ValueError, match="spacing must be three positive numbers"):
+        TrainingConfig(datasets=["x"], output_dir=str(tmp_path), spacing=spacing)
+
+
+@pytest.mark.parametrize("device", ["cuda", "foo"])
+def test_cli_predict_rejects_unavailable_device(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], device: str
+) -> None:
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    status = main(
+        [
+            "predict",
+            "-i",
+            str(tmp_path),
+            "-o",
+            str(tmp_path / "out"),
+            "-m",
+            str(tmp_path),
+            "--device",
+            device,
+        ]
+    )
+    assert status == 2
+    assert "--device" in capsys.readouterr().err

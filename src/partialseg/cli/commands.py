@@ -82,15 +82,24 @@ def run_predict(args: argparse.Namespace) -> int:
     from partialseg.hub import from_pretrained
     from partialseg.inference import Predictor, predict_to_folder
 
+    device = _device(args.device)
     network = from_pretrained(args.model)
     predictor = Predictor(
         network,
         step_size=args.step_size,
         mirroring=(0, 1, 2) if args.mirroring else None,
-        device=_device(args.device),
+        device=device,
         progress=not args.no_progress,
     )
-    written = predict_to_folder(predictor, args.input, args.output, classes=args.classes)
+    written = predict_to_folder(
+        predictor,
+        args.input,
+        args.output,
+        classes=args.classes,
+        formats=args.formats,
+        postprocess=args.postprocess,
+        existing=args.existing,
+    )
     logger.info("wrote predictions of %d case(s) to %s", len(written), args.output)
     return 0
 
@@ -166,8 +175,15 @@ def _without_nan(value: object) -> object:
 
 
 def _device(name: str) -> str:
-    if name != "auto":
-        return name
+    """Resolve ``auto`` and reject devices this machine does not have."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"invalid --device {name!r}; use cpu, cuda or cuda:N") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} requested but CUDA is not available; use --device cpu")
+    return name

@@ -167,10 +167,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("-o", "--output", required=True, help="output folder")
     predict.add_argument("-m", "--model", required=True, help="model folder or Hub repo id")
-    predict.add_argument("--classes", nargs="+", help="predict only these classes")
-    predict.add_argument("--device", default="auto", help="torch device")
-    predict.add_argument("--step-size", type=float, default=0.5, help="window step (fraction)")
+    predict.add_argument(
+        "--classes", nargs="+", help="predict only these classes, named <dataset>/<class>"
+    )
+    predict.add_argument(
+        "--device", default="auto", help="torch device (default: cuda when available, else cpu)"
+    )
+    predict.add_argument(
+        "--step-size",
+        type=float,
+        default=0.5,
+        help="window step as a fraction of the patch size (default 0.5)",
+    )
     predict.add_argument("--mirroring", action="store_true", help="test-time mirroring, all axes")
+    predict.add_argument(
+        "--formats",
+        nargs="+",
+        default=["masks"],
+        choices=["masks", "labelmap", "probabilities", "probabilities_npz", "preview"],
+        help="outputs to write per case (default: masks)",
+    )
+    predict.add_argument(
+        "--postprocess",
+        nargs="+",
+        choices=["body", "largest_component"],
+        help="drop predictions outside the body and/or keep each class's largest component",
+    )
+    predict.add_argument(
+        "--existing",
+        choices=["error", "skip", "overwrite"],
+        default="error",
+        help="what to do with case folders that exist already (default: error)",
+    )
     predict.add_argument("--no-progress", action="store_true", help="hide progress bars")
     predict.set_defaults(handler=commands.run_predict)
 

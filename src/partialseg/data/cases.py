@@ -11,7 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm.auto import tqdm
 
-from partialseg.data.io import check_same_grid, read_image
+from partialseg.data.io import check_same_grid, read_image, read_image_information
 from partialseg.data.preprocessing import resample_image
 
 if TYPE_CHECKING:
@@ -75,6 +75,14 @@ def load_case(
     check_same_grid(image, label, image_name=str(case.image_path), label_name=str(case.label_path))
 
     label_array = sitk.GetArrayViewFromImage(label)
+    if np.issubdtype(label_array.dtype, np.floating):
+        if not np.array_equal(label_array, np.round(label_array)):
+            raise ValueError(
+                f"{case.label_path} is a label map with non-integer values; "
+                "store label maps as integers"
+            )
+        label = sitk.Cast(label, sitk.sitkInt32)
+        label_array = sitk.GetArrayViewFromImage(label)
     registry.validate_label_map(label_array, case.dataset, source=str(case.label_path))
     image_array = sitk.GetArrayViewFromImage(image)
     if not np.isfinite(image_array).all():
@@ -82,8 +90,12 @@ def load_case(
             f"{case.image_path} holds NaN or infinite intensities; fix or mask them before training"
         )
 
+    # uint8 holds the label maps of almost every dataset; larger declared values
+    # need a wider type, or they would wrap around onto other classes.
+    max_value = max(registry.label_values_of(case.dataset))
+    label_type = sitk.sitkUInt8 if max_value <= 255 else sitk.sitkInt32
     image = resample_image(sitk.Cast(image, sitk.sitkFloat32), spacing)
-    label = resample_image(sitk.Cast(label, sitk.sitkUInt8), spacing, is_label=True)
+    label = resample_image(sitk.Cast(label, label_type), spacing, is_label=True)
     label_array = sitk.GetArrayFromImage(label)
     return LoadedCase(
         name=case.name,
@@ -177,11 +189,6 @@ def ct_statistics(
 
 def median_spacing(cases: Sequence[Case]) -> tuple[float, float, float]:
     """Return the median voxel spacing (z, y, x) of the cases' images, read from headers."""
-    spacings = []
-    for case in cases:
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(case.image_path))
-        reader.ReadImageInformation()
-        spacings.append(reader.GetSpacing()[::-1])
+    spacings = [read_image_information(case.image_path).GetSpacing()[::-1] for case in cases]
     median = np.median(np.asarray(spacings), axis=0)
     return (float(median[0]), float(median[1]), float(median[2]))

@@ -50,6 +50,8 @@ def read_image(path: str | os.PathLike[str]) -> sitk.Image:
         raise FileNotFoundError(f"image not found: {path}")
     if path.suffix == ".gz":
         _check_gzip_complete(path)
+    elif path.suffix == ".nii":
+        _check_nifti_size(path)
     try:
         image = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -80,6 +82,65 @@ def _check_gzip_complete(path: Path, chunk_size: int = 1 << 24) -> None:
         raise ImageReadError(
             f"{path} is truncated or corrupt ({error}); download or export it again"
         ) from error
+
+
+def _check_nifti_size(path: Path) -> None:
+    """Raise unless an uncompressed NIfTI file holds all the voxels its header declares.
+
+    ITK reads the missing part of a truncated ``.nii`` as zeros without an error.
+    """
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise ImageReadError(f"could not read the NIfTI header of {path}: {error}") from error
+    voxels = int(np.prod(reader.GetSize())) * reader.GetNumberOfComponents()
+    bytes_per_voxel = np.dtype(_SITK_NUMPY_TYPES.get(reader.GetPixelIDValue(), np.uint8))
+    expected = 348 + voxels * bytes_per_voxel.itemsize
+    if path.stat().st_size < expected:
+        raise ImageReadError(
+            f"{path} is truncated: its header declares {voxels} voxels "
+            f"({expected} bytes with the header) but the file has {path.stat().st_size} bytes; "
+            "export it again"
+        )
+
+
+_SITK_NUMPY_TYPES = {
+    sitk.sitkUInt8: np.uint8,
+    sitk.sitkInt8: np.int8,
+    sitk.sitkUInt16: np.uint16,
+    sitk.sitkInt16: np.int16,
+    sitk.sitkUInt32: np.uint32,
+    sitk.sitkInt32: np.int32,
+    sitk.sitkUInt64: np.uint64,
+    sitk.sitkInt64: np.int64,
+    sitk.sitkFloat32: np.float32,
+    sitk.sitkFloat64: np.float64,
+}
+
+
+def read_image_information(path: str | os.PathLike[str]) -> sitk.ImageFileReader:
+    """Read only the header of a 3D image file (size, spacing, origin, direction).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ImageReadError: The header cannot be read or the image is not 3D.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise ImageReadError(
+            f"could not read the header of {path}; check that it is a NIfTI, NRRD or MHA image"
+        ) from error
+    if reader.GetDimension() != 3:
+        raise ImageReadError(f"{path} must be a 3D image, got dimension {reader.GetDimension()}")
+    return reader
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:

@@ -85,7 +85,9 @@ class PatchDataset(Dataset):
             image_tensor, label_tensor = self.transform(image_tensor, label_tensor)
         return {
             "image": image_tensor.float(),
-            "label": label_tensor[0].to(torch.uint8),
+            "label": label_tensor[0].to(
+                torch.uint8 if case.label.dtype == np.uint8 else torch.int32
+            ),
             "dataset": case.dataset,
             "case": case.name,
         }

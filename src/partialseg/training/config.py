@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from typing import Any, Literal
 
 logger = logging.getLogger(__name__)
@@ -93,6 +94,10 @@ class TrainingConfig:
         self.patch_size = tuple(int(p) for p in self.patch_size)
         if self.spacing is not None:
             self.spacing = tuple(float(s) for s in self.spacing)
+            if len(self.spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in self.spacing):
+                raise ValueError(
+                    f"spacing must be three positive numbers in mm (z, y, x), got {self.spacing}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict."""
