@@ -63,8 +63,8 @@ def traced_peak(predictor: Predictor, image: sitk.Image) -> int:
 
 
 def test_numpy_peak_grows_by_packed_masks():
-    # tracemalloc sees numpy buffers (input copies, packed and unpacked masks),
-    # not torch tensors; the accumulator is checked above. A network without
+    # tracemalloc traces numpy buffers (input copies, packed and unpacked
+    # masks) but not torch tensors, so the accumulator is checked above. A network without
     # heads keeps the network activations small next to the outputs.
     image = tall_volume(96)
     voxels = image.GetNumberOfPixels()

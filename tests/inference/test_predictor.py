@@ -247,3 +247,37 @@ def test_network_preprocessing_spacing_used():
         np.zeros((10, 12, 14), np.int16), spacing=(1.0, 1.0, 1.0)
     )
     assert masks["a"].GetSize() == (14, 12, 10)
+
+
+def test_heads_run_in_class_chunks(ct, monkeypatch):
+    names = [f"D01/class_{i}" for i in range(20)]
+    network = make_unet(names)
+    channels = []
+    select = network.heads.select
+
+    def recording_select(selected):
+        view = select(selected)
+        view.register_forward_hook(lambda module, args, output: channels.append(output[0].shape[1]))
+        return view
+
+    monkeypatch.setattr(network.heads, "select", recording_select)
+    forward_outputs = []
+    network.register_forward_hook(lambda module, args, output: forward_outputs.append(output))
+    Predictor(network, progress=False).predict(ct)
+    assert sorted(set(channels)) == [4, 8]
+    # The network's forward pass returns only the 4 decoder feature channels.
+    assert forward_outputs
+    assert {output.shape[1] for output in forward_outputs} == {4}
+
+
+def test_changed_heads_output_falls_back(unet, ct, caplog):
+    expected = mask_arrays(Predictor(unet, progress=False).predict(ct))
+    # A forward that scales the heads' output returns a new tensor, so the
+    # predictor cannot apply the heads to the decoder features by itself.
+    forward = type(unet).forward
+    unet.forward = lambda x: forward(unet, x) * 1.0
+    with caplog.at_level("WARNING", logger="partialseg.inference._logits"):
+        received = mask_arrays(Predictor(unet, progress=False).predict(ct))
+    assert "cannot run separately" in caplog.text
+    for name in CLASSES:
+        assert np.array_equal(received[name], expected[name]), name

@@ -19,8 +19,8 @@ CLASSES = ["D01/liver", "D01/spleen", "D02/liver", "D02/aorta"]
 
 # (z, y, x) network spacings: z finer and x/y coarser than the 3 mm image, and
 # the reverse. The first makes 45 network planes in five window rows, so the
-# stream finishes a slab four times; on the 65 x 56 voxel crop, x and y get 43
-# and 37 network voxels, which leaves the last input column and row beyond the
+# stream finishes a slab four times. On the 65 x 56 voxel crop, x and y get 43
+# and 37 network voxels. That leaves the last input column and row beyond the
 # last network voxel centre, where values are extended from the edge.
 SPACINGS = {"z-finer": (2.0, 4.5, 4.5), "z-coarser": (5.0, 2.5, 2.5)}
 

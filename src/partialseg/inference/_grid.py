@@ -17,7 +17,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-_CLASS_CHUNK = 8
+# Input voxels resampled per class in one step, which bounds the temporary tensors.
+_BLOCK_VOXELS = 1 << 21
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,8 +28,8 @@ class AxisMap:
     Attributes:
         scale: Network-grid voxels per input voxel.
         offset: Network-grid continuous index of input index 0.
-        low: First network-grid index that holds image data (after padding).
-        high: Last network-grid index that holds image data.
+        low: First network-grid index that contains image data (after padding).
+        high: Last network-grid index that contains image data.
     """
 
     scale: float
@@ -104,14 +105,29 @@ def axis_maps(
     return maps[0], maps[1], maps[2]
 
 
-def _interpolate(values: torch.Tensor, dim: int, axis_map: AxisMap, count: int) -> torch.Tensor:
-    lower, upper, weight = axis_map.neighbours(count)
-    shape = [1] * values.dim()
-    shape[dim] = count
-    weight_tensor = torch.from_numpy(weight.astype(np.float32)).reshape(shape)
-    low_values = values.index_select(dim, torch.from_numpy(lower)).float()
-    high_values = values.index_select(dim, torch.from_numpy(upper)).float()
-    return torch.lerp(low_values, high_values, weight_tensor)
+@dataclasses.dataclass(frozen=True)
+class _Neighbours:
+    """Lower and upper neighbour indices and upper weights along one axis of an array."""
+
+    lower: np.ndarray
+    upper: np.ndarray
+    weight: np.ndarray
+
+    @classmethod
+    def build(cls, lower: np.ndarray, upper: np.ndarray, weight: np.ndarray, axis: int):
+        shape = [1, 1, 1]
+        shape[axis] = len(weight)
+        return cls(lower, upper, weight.astype(np.float32).reshape(shape))
+
+    def interpolate(self, values: np.ndarray, axis: int) -> np.ndarray:
+        # np.take gathers along the last axis many times faster than
+        # torch.index_select on CPUs (measured with torch 2.14).
+        low_values = np.take(values, self.lower, axis=axis).astype(np.float32, copy=False)
+        result = np.take(values, self.upper, axis=axis).astype(np.float32, copy=False)
+        result -= low_values
+        result *= self.weight
+        result += low_values
+        return result
 
 
 class OriginalGridResampler:
@@ -142,7 +158,9 @@ class OriginalGridResampler:
         self.shape = tuple(int(s) for s in shape)
         self.num_classes = num_classes
         self.next_row = 0
-        self._lower, self._upper, _ = maps[0].neighbours(self.shape[0])
+        self._lower, self._upper, self._weight = maps[0].neighbours(self.shape[0])
+        self._y = _Neighbours.build(*maps[1].neighbours(self.shape[1]), axis=1)
+        self._x = _Neighbours.build(*maps[2].neighbours(self.shape[2]), axis=2)
         self._packed: list[list[tuple[int, int, np.ndarray]]] = [[] for _ in range(num_classes)]
         self.probabilities: np.ndarray | None = None
         if keep_probabilities:
@@ -164,33 +182,32 @@ class OriginalGridResampler:
         stop = self.next_row
         while stop < self.shape[0] and self._upper[stop] < finished:
             stop += 1
-        if stop > self.next_row:
-            self._emit(planes, first_plane, self.next_row, stop)
-            self.next_row = stop
+        row_voxels = self.shape[1] * self.shape[2]
+        block = max(1, _BLOCK_VOXELS // row_voxels)
+        for start in range(self.next_row, stop, block):
+            self._emit(planes, first_plane, start, min(start + block, stop))
+        self.next_row = stop
         if self.next_row >= self.shape[0]:
             return finished
         return int(self._lower[self.next_row])
 
     def _emit(self, planes: torch.Tensor, first_plane: int, start: int, stop: int) -> None:
-        z_map = dataclasses.replace(
-            self.maps[0],
-            offset=self.maps[0].offset + start * self.maps[0].scale - first_plane,
-            low=self.maps[0].low - first_plane,
-            high=self.maps[0].high - first_plane,
+        """Resample input rows ``start`` to ``stop - 1`` of every class, one class at a time."""
+        rows = slice(start, stop)
+        z = _Neighbours.build(
+            self._lower[rows] - first_plane,
+            self._upper[rows] - first_plane,
+            self._weight[rows],
+            axis=0,
         )
-        rows = stop - start
-        for begin in range(0, self.num_classes, _CLASS_CHUNK):
-            end = min(begin + _CLASS_CHUNK, self.num_classes)
-            values = planes[begin:end]
-            values = _interpolate(values, 1, z_map, rows)
-            values = _interpolate(values, 2, self.maps[1], self.shape[1])
-            values = _interpolate(values, 3, self.maps[2], self.shape[2])
-            masks = (values >= 0).numpy()
-            for offset, class_index in enumerate(range(begin, end)):
-                packed = np.packbits(masks[offset].reshape(-1))
-                self._packed[class_index].append((start, stop, packed))
+        for class_index in range(self.num_classes):
+            values = z.interpolate(planes[class_index].numpy(), 0)
+            values = self._y.interpolate(values, 1)
+            values = self._x.interpolate(values, 2)
+            packed = np.packbits(values >= 0)
+            self._packed[class_index].append((start, stop, packed))
             if self.probabilities is not None:
-                self.probabilities[begin:end, start:stop] = (values + 0.5).numpy()
+                self.probabilities[class_index, rows] = values + 0.5
 
     def mask(self, class_index: int) -> np.ndarray:
         """Unpack and return the uint8 mask (z, y, x) of one class, releasing its packed rows."""

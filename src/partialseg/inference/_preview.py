@@ -82,8 +82,8 @@ def render_preview(
     low, high = WINDOW_HU
     gray = (np.clip(volume, low, high) - low) / (high - low) * 255.0
 
-    # Reorient one mask at a time, so a preview of many classes never holds
-    # more than one extra mask volume.
+    # Reorient one mask at a time, so a preview of many classes keeps at most
+    # one extra mask volume in memory.
     occupied = np.zeros(volume.shape[0], dtype=bool)
     for mask in masks.values():
         occupied |= _oriented_array(mask).any(axis=(1, 2))

@@ -134,8 +134,8 @@ class Case:
 def list_cases(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Case]:
     """Find the images to predict in files and folders.
 
-    Each input is an image file; a folder with one DICOM series (one case named
-    after the folder); or a folder of image files and DICOM series sub-folders
+    Each input is an image file, a folder with one DICOM series (one case named
+    after the folder), or a folder of image files and DICOM series sub-folders
     (one case each). Files named like nnU-Net's ``imagesTs`` (``<case>_0000.nii.gz``)
     give the case ``<case>``. In a folder where every file has such a channel
     number, numbers other than 0000 are rejected because the networks take one

@@ -95,10 +95,10 @@ def axial_axis(image: sitk.Image) -> int:
 def body_mask(image: sitk.Image, *, threshold: float = BODY_THRESHOLD_HU) -> np.ndarray:
     """Estimate the patient's body in a CT image.
 
-    Voxels above ``threshold`` HU are kept, only the largest 26-connected
-    component remains (which drops the table when it does not touch the
-    patient, and noise in the air), and holes are filled in every axial slice so
-    the lungs and bowel gas count as body. The slices are taken along the array
+    Voxels above ``threshold`` HU are kept, and only their largest 26-connected
+    component remains. That drops noise in the air and the table where it does
+    not touch the patient. Holes are then filled in every axial slice, so the
+    lungs and bowel gas count as body. The slices are taken along the array
     axis closest to the head-foot direction, see :func:`axial_axis`.
 
     Args:

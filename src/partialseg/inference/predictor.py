@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Literal, overload
 
 import numpy as np
@@ -15,6 +15,7 @@ from torch import nn
 
 from partialseg.data.preprocessing import Preprocessing, resample_image
 from partialseg.inference._grid import OriginalGridResampler, axis_maps
+from partialseg.inference._logits import LogitSource
 from partialseg.inference.inputs import ImageInput, load_image
 from partialseg.inference.postprocessing import (
     body_mask,
@@ -44,11 +45,12 @@ class Predictor:
     thresholded at 0.5. This is the inference of MultiTalent (Ulrich et al.,
     MICCAI 2023), without averaging over several trained folds.
 
-    Memory: the volume is processed in slabs along its slowest array axis. Only
-    the z-planes that the current row of windows touches are held, one value
-    per class and voxel in ``accumulate_dtype``; finished slabs are resampled to
-    the input grid, thresholded and kept as bit-packed masks. Peak memory grows
-    with the number of classes times one slab, not times the whole volume.
+    Memory: the volume is processed in slabs along its slowest array axis (z).
+    The accumulator keeps only the z-planes that the current row of windows
+    touches, ``classes x (patch_z + 1) x height x width`` values of the network
+    grid in ``accumulate_dtype``. Finished slabs are resampled to the input
+    grid, thresholded and kept as bit-packed masks until the end. Peak memory
+    grows with the number of classes times one slab, not times the whole volume.
 
     Args:
         network: A trained network with ``preprocessing`` set. It is moved to
@@ -62,6 +64,7 @@ class Predictor:
             predicted and the probabilities are averaged (2**len(axes) network
             passes per window). None disables mirroring.
         device: Device that runs the network. Accumulation stays on the CPU.
+            NOTE: only CPU prediction has been tested so far.
         batch_size: Windows per network call.
         precision: ``"bf16"`` or ``"fp16"`` to run the network under autocast,
             or None for float32.
@@ -205,10 +208,10 @@ class Predictor:
             volume.shape,
         )
 
-        model, channels = self._inference_model(names)
+        source = LogitSource(self.network, names, autocast=self._autocast)
         with torch.inference_mode():
             run_sliding_window(
-                lambda patches: self._centred_probabilities(model, patches, channels),
+                lambda patches: self._window_contributions(source, patches),
                 torch.from_numpy(volume),
                 grid,
                 resampler.consume,
@@ -275,61 +278,33 @@ class Predictor:
             raise ValueError(f"classes contains duplicate names {duplicates}")
         return names
 
-    def _inference_model(self, names: list[str]) -> tuple[nn.Module, torch.Tensor | None]:
-        """Return a module computing full-resolution logits and the channels to keep.
+    def _window_contributions(
+        self, source: LogitSource, patches: torch.Tensor
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield ``(first class, centred probabilities)`` chunks of a batch of patches.
 
-        The module is a shallow copy of the network sharing its parameters, with
-        deep supervision off and, when the network has per-class heads with a
-        ``select`` method, only the heads of ``names``. For other networks all
-        channels are computed and the requested ones are taken right after the
-        forward pass, before anything else is computed for them.
+        Each chunk is the sigmoid probability minus 0.5 of one mirrored pass,
+        divided by the number of passes, so that the chunks of one class add up
+        to its mirror-averaged centred probability.
         """
-        network = self.network
-        all_names = list(network.class_names)
-        heads = network._modules.get("heads")
-        select_heads = names != all_names and hasattr(heads, "select")
-        if not select_heads and not getattr(network, "deep_supervision", False):
-            model = network
-        else:
-            model = copy.copy(network)
-            # copy.copy shares the submodule dict; give the copy its own so that
-            # swapping the heads leaves the caller's network unchanged.
-            object.__setattr__(model, "_modules", dict(network._modules))
-            model.deep_supervision = False
-            if select_heads:
-                model._modules["heads"] = heads.select(names)
-        if select_heads or names == all_names:
-            return model, None
-        index = [all_names.index(name) for name in names]
-        return model, torch.tensor(index, device=self.device)
-
-    def _centred_probabilities(
-        self, model: nn.Module, patches: torch.Tensor, channels: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Return the mirror-averaged sigmoid probabilities minus 0.5 of a batch of patches."""
         patches = patches.to(self.device)
-        total = None
+        scale = 1.0 / len(self.mirror_axes)
         for axes in self.mirror_axes:
             dims = [axis + 2 for axis in axes]
             inputs = torch.flip(patches, dims) if dims else patches
-            with torch.autocast(
-                self.device.type,
-                dtype=self.autocast_dtype or torch.float32,
-                enabled=self.autocast_dtype is not None,
-            ):
-                logits = model(inputs)
-            if isinstance(logits, (list, tuple)):
-                logits = logits[0]
-            if channels is not None:
-                logits = logits.index_select(1, channels)
-            logits = logits.float()
-            if dims:
-                logits = torch.flip(logits, dims)
-            probabilities = logits.sigmoid_()
-            total = probabilities if total is None else total.add_(probabilities)
-        if len(self.mirror_axes) > 1:
-            total /= len(self.mirror_axes)
-        return total.sub_(0.5)
+            for first, logits in source.chunks(inputs):
+                centred = logits.float()
+                if dims:
+                    centred = torch.flip(centred, dims)
+                centred = centred.sigmoid_().sub_(0.5)
+                if scale != 1.0:
+                    centred.mul_(scale)
+                yield first, centred
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
 
 def preprocess_image(

@@ -4,15 +4,15 @@ Windows are visited row by row along the slowest array axis (z). The running
 weighted sum lives in a :class:`SlabAccumulator` that covers only the z-planes
 that the current row of windows touches, plus at most one plane kept for the
 interpolation back to the input grid. After each row, the planes that no later
-window touches are final and are handed to a consumer, which returns the first
-plane it still needs; everything below that plane is released.
+window touches are final and go to a consumer. The consumer returns the first
+plane it still needs, and every plane below it is released.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -101,7 +101,7 @@ class WindowGrid:
 class SlabAccumulator:
     """Weighted sum of centred probabilities for a band of z-planes of the network grid.
 
-    The band holds ``depth`` planes starting at :attr:`base`. Planes below the
+    The band contains ``depth`` planes starting at :attr:`base`. Planes below the
     base have been released and must receive no more contributions.
 
     Args:
@@ -127,8 +127,11 @@ class SlabAccumulator:
         """Size of the buffer in bytes."""
         return self.buffer.numel() * self.buffer.element_size()
 
-    def add(self, contribution: torch.Tensor, start: Start) -> None:
-        """Add a weighted window ``(classes, pz, py, px)`` whose corner is at ``start``."""
+    def add(self, contribution: torch.Tensor, start: Start, *, first_class: int = 0) -> None:
+        """Add a weighted window ``(classes, pz, py, px)`` whose corner is at ``start``.
+
+        The window's classes are ``first_class`` to ``first_class + classes - 1``.
+        """
         depth, height, width = contribution.shape[1:]
         first = start[0] - self.base
         if first < 0 or first + depth > self.buffer.shape[1]:
@@ -140,7 +143,8 @@ class SlabAccumulator:
         for begin in range(0, contribution.shape[0], _CLASS_CHUNK):
             end = begin + _CLASS_CHUNK
             part = contribution[begin:end].to(device="cpu", dtype=torch.float32)
-            target = self.buffer[begin:end, first : first + depth, y : y + height, x : x + width]
+            classes = slice(first_class + begin, first_class + min(end, contribution.shape[0]))
+            target = self.buffer[classes, first : first + depth, y : y + height, x : x + width]
             if target.dtype == torch.float32:
                 target += part
             else:
@@ -168,7 +172,7 @@ class SlabAccumulator:
 
 
 def run_sliding_window(
-    predict: Callable[[torch.Tensor], torch.Tensor],
+    predict: Callable[[torch.Tensor], Iterable[tuple[int, torch.Tensor]]],
     volume: torch.Tensor,
     grid: WindowGrid,
     consume: Callable[[torch.Tensor, int, int], int],
@@ -181,12 +185,15 @@ def run_sliding_window(
     """Predict every window of ``volume`` and stream the finished z-planes to ``consume``.
 
     Args:
-        predict: Maps a batch ``(B, 1, pz, py, px)`` to centred probabilities
-            (probability - 0.5) ``(B, classes, pz, py, px)``; it may modify its output.
+        predict: Maps a batch ``(B, 1, pz, py, px)`` to ``(first class,
+            chunk)`` pairs, where each chunk ``(B, c, pz, py, px)`` is added to
+            classes ``first class`` to ``first class + c - 1``. The chunks of a
+            class add up to its centred probability (probability - 0.5). The
+            chunks are modified in place.
         volume: Normalised, padded volume ``(z, y, x)`` on the CPU.
         grid: The windows of ``volume``.
         consume: Called with ``(planes, first_plane, finished)`` after every row
-            of windows, where ``planes`` holds the averaged centred probabilities
+            of windows, where ``planes`` contains the averaged centred probabilities
             of network planes ``first_plane`` to ``finished - 1``. It returns the
             first plane it still needs.
         num_classes: Number of classes ``predict`` returns.
@@ -222,7 +229,7 @@ def run_sliding_window(
 
 
 def _predict_batch(
-    predict: Callable[[torch.Tensor], torch.Tensor],
+    predict: Callable[[torch.Tensor], Iterable[tuple[int, torch.Tensor]]],
     volume: torch.Tensor,
     grid: WindowGrid,
     accumulator: SlabAccumulator,
@@ -230,9 +237,10 @@ def _predict_batch(
 ) -> None:
     pz, py, px = grid.patch_size
     patches = torch.stack([volume[z : z + pz, y : y + py, x : x + px] for z, y, x in batch])
-    centred = predict(patches[:, None])
-    for index, start in enumerate(batch):
-        weight = torch.from_numpy(grid.weight(start)).to(centred.device)
-        contribution = centred[index]
-        contribution *= weight
-        accumulator.add(contribution, start)
+    weights = [torch.from_numpy(grid.weight(start)) for start in batch]
+    for first_class, centred in predict(patches[:, None]):
+        for index, start in enumerate(batch):
+            weights[index] = weights[index].to(centred.device)
+            contribution = centred[index]
+            contribution *= weights[index]
+            accumulator.add(contribution, start, first_class=first_class)

@@ -54,7 +54,7 @@ FORMATS = ("masks", "labelmap", "probabilities", "probabilities_npz", "preview")
 """Output formats accepted by :func:`predict_to_folder` and :func:`write_prediction`."""
 
 OVERLAP_POLICIES = ("error", "first", "last", "largest-prob")
-"""How :func:`build_label_map` resolves voxels that belong to several classes."""
+"""Rules by which :func:`build_label_map` assigns voxels that belong to several classes."""
 
 OverlapPolicy = Literal["error", "first", "last", "largest-prob"]
 
@@ -289,7 +289,7 @@ def predict_to_folder(
         FileNotFoundError: If an input does not exist.
         FileExistsError: If a case folder exists and ``existing="error"``.
         ValueError: If an option is invalid, or an image or label map cannot be
-            built; the case being written is removed and earlier cases are kept.
+            built. The case being written is removed, and earlier cases are kept.
     """
     formats = _check_formats(formats)
     _check_choice(overlap_policy, OVERLAP_POLICIES, "overlap_policy")
