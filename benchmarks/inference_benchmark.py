@@ -254,6 +254,7 @@ def worker(arguments: argparse.Namespace) -> None:
     network = build_network(
         arguments.num_classes, patch=tuple(arguments.patch), features=arguments.features
     )
+
     baseline = current_rss()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
@@ -273,6 +274,7 @@ def worker(arguments: argparse.Namespace) -> None:
     end_usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu_seconds = sum(getattr(end_usage, f) - getattr(usage, f) for f in ("ru_utime", "ru_stime"))
     peak = end_usage.ru_maxrss * 1024
+
     if arguments.masks_out:
         packed = {f"m{i}": np.packbits(np.asarray(mask) > 0) for i, mask in enumerate(masks)}
         np.savez(arguments.masks_out, **packed)

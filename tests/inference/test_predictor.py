@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -10,6 +12,7 @@ from torch import nn
 
 from partialseg.data.preprocessing import Preprocessing
 from partialseg.inference import Predictor
+from partialseg.inference._logits import LogitSource
 from partialseg.nn import SegmentationNetwork
 
 from .conftest import CT_NORMALIZATION, TinyConvNet, make_unet
@@ -92,20 +95,20 @@ def test_image_smaller_than_patch(unet):
         assert difference.max() < 5e-4, name
 
 
-def test_subset_computes_only_selected_heads(unet, ct, monkeypatch):
-    channels = []
-    select = unet.heads.select
-
-    def recording_select(names):
-        view = select(names)
-        view.register_forward_hook(lambda module, args, output: channels.append(output[0].shape[1]))
-        return view
-
-    monkeypatch.setattr(unet.heads, "select", recording_select)
+def test_subset_computes_only_selected_heads(unet, ct):
+    head_calls = []
+    unet.heads.register_forward_hook(lambda module, args, output: head_calls.append(1))
     masks = Predictor(unet, progress=False).predict(ct, classes=["D02/aorta", "D01/spleen"])
     assert list(masks) == ["D02/aorta", "D01/spleen"]
-    assert channels
-    assert set(channels) == {2}
+    assert head_calls == []
+
+    source = LogitSource(unet, ["D02/aorta", "D01/spleen"], autocast=contextlib.nullcontext)
+    window = torch.randn(1, 1, 16, 32, 32)
+    with torch.inference_mode():
+        chunks = list(source.chunks(window))
+        full = unet(window)
+    assert [(first, logits.shape[1]) for first, logits in chunks] == [(0, 2)]
+    assert torch.allclose(chunks[0][1], full[:, [3, 1]], atol=1e-4)
 
 
 def test_subset_matches_full_prediction(unet, ct):
@@ -249,22 +252,20 @@ def test_network_preprocessing_spacing_used():
     assert masks["a"].GetSize() == (14, 12, 10)
 
 
-def test_heads_run_in_class_chunks(ct, monkeypatch):
+def test_heads_run_in_class_chunks(ct):
     names = [f"D01/class_{i}" for i in range(20)]
     network = make_unet(names)
-    channels = []
-    select = network.heads.select
+    source = LogitSource(network, names, autocast=contextlib.nullcontext)
+    window = torch.randn(1, 1, 16, 32, 32)
+    with torch.inference_mode():
+        chunks = list(source.chunks(window))
+        full = network(window)
+    assert [(first, logits.shape[1]) for first, logits in chunks] == [(0, 8), (8, 8), (16, 4)]
+    assert torch.allclose(torch.cat([logits for _, logits in chunks], dim=1), full, atol=1e-4)
 
-    def recording_select(selected):
-        view = select(selected)
-        view.register_forward_hook(lambda module, args, output: channels.append(output[0].shape[1]))
-        return view
-
-    monkeypatch.setattr(network.heads, "select", recording_select)
     forward_outputs = []
     network.register_forward_hook(lambda module, args, output: forward_outputs.append(output))
     Predictor(network, progress=False).predict(ct)
-    assert sorted(set(channels)) == [4, 8]
     # The network's forward pass returns only the 4 decoder feature channels.
     assert forward_outputs
     assert {output.shape[1] for output in forward_outputs} == {4}

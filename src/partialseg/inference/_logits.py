@@ -2,8 +2,8 @@
 
 A network with per-class heads (``network.heads.select``, see
 :class:`partialseg.nn.ClassHeads`) runs its encoder and decoder once per batch,
-and the requested heads are then applied to the decoder features in chunks of
-:data:`CLASS_CHUNK` classes. So the logits of all classes never exist at once,
+and the requested heads are then applied to the full-resolution decoder features
+in chunks of :data:`CLASS_CHUNK` classes. So the logits of all classes never exist at once,
 and classes that were not requested are never computed. Any other network runs
 its full forward pass, and the requested channels are taken from its output.
 """
@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
+
+from partialseg.nn.heads import ClassHeads
 
 logger = logging.getLogger(__name__)
 
@@ -41,11 +43,42 @@ def _shallow_copy(network: nn.Module, **modules: nn.Module) -> nn.Module:
     model = copy.copy(network)
     # copy.copy shares the submodule dict, so the copy gets its own before any
     # submodule is swapped and the caller's network stays unchanged. Hooks stay
-    # shared: a forward hook on the network also sees the copy's outputs.
+    # shared: a forward hook on the network also receives the copy's outputs.
     object.__setattr__(model, "_modules", dict(network._modules))
     model._modules.update(modules)
     model.deep_supervision = False
     return model
+
+
+class _ClassHeadsMatrix:
+    """The 1x1x1 convolution of chosen :class:`ClassHeads` classes as one matrix product.
+
+    On CPUs a matrix product is several times faster than ``conv3d`` with a
+    1x1x1 kernel (measured with torch 2.14 on 2 cores), and the result is the
+    same up to float rounding.
+    """
+
+    def __init__(self, heads: ClassHeads, names: Sequence[str]) -> None:
+        positions = {name: index for index, name in enumerate(heads.class_names)}
+        self.heads = heads
+        self.index = torch.tensor([positions[name] for name in names])
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        weight = self.heads.weight[0]
+        index = self.index.to(weight.device)
+        matrix = weight.index_select(0, index).flatten(1)
+        logits = torch.matmul(matrix, features.flatten(2))
+        if self.heads.bias is not None:
+            logits += self.heads.bias[0].index_select(0, index)[:, None]
+        return logits.view(features.shape[0], len(index), *features.shape[2:])
+
+
+def _head_chunk(heads: nn.Module, names: Sequence[str]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Return a function mapping full-resolution features to the logits of ``names``."""
+    if isinstance(heads, ClassHeads):
+        return _ClassHeadsMatrix(heads, names)
+    view = heads.select(names)
+    return lambda features: view([features], levels=1)[0]
 
 
 class LogitSource:
@@ -73,8 +106,8 @@ class LogitSource:
         if hasattr(heads, "select"):
             self._capture = _FeatureCapture()
             self._trunk = _shallow_copy(network, heads=self._capture)
-            self._views = [
-                (first, heads.select(self.names[first : first + CLASS_CHUNK]))
+            self._heads = [
+                (first, _head_chunk(heads, self.names[first : first + CLASS_CHUNK]))
                 for first in range(0, len(self.names), CLASS_CHUNK)
             ]
         self._use_full_forward(select_heads=hasattr(heads, "select"))
@@ -91,9 +124,9 @@ class LogitSource:
                 output = self._trunk(inputs)
             features, self._capture.features = self._capture.features, None
             if output is features:
-                for first, view in self._views:
+                for first, head_chunk in self._heads:
                     with self.autocast():
-                        logits = view([features], levels=1)[0]
+                        logits = head_chunk(features)
                     yield first, logits
                 return
             logger.warning(
