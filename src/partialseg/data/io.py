@@ -36,7 +36,9 @@ def read_image(path: str | os.PathLike[str]) -> sitk.Image:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ImageReadError: The file is corrupt, not an image, or not 3D.
+        ImageReadError: The file is corrupt, not an image, or not 3D, or a
+            NIfTI file holds NaN or infinite values, which ITK's NIfTI reader
+            would return as 0.
 
     Example:
         >>> import tempfile, pathlib
@@ -52,6 +54,8 @@ def read_image(path: str | os.PathLike[str]) -> sitk.Image:
         _check_gzip_complete(path)
     elif path.suffix == ".nii":
         _check_nifti_size(path)
+    if path.name.endswith((".nii", ".nii.gz")):
+        _check_nifti_finite(path)
     try:
         image = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -82,6 +86,45 @@ def _check_gzip_complete(path: Path, chunk_size: int = 1 << 24) -> None:
         raise ImageReadError(
             f"{path} is truncated or corrupt ({error}); download or export it again"
         ) from error
+
+
+# NIfTI-1 datatype codes of floating-point voxels and their numpy types.
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
+
+
+def _check_nifti_finite(path: Path, chunk_size: int = 1 << 24) -> None:
+    """Raise if a floating-point NIfTI-1 file stores NaN or infinite voxel values.
+
+    ITK's NIfTI reader (SimpleITK 2.5) returns such voxels as 0, so they would
+    be misread without an error; the raw voxel data is scanned instead.
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as stream:
+        header = stream.read(348)
+        if len(header) < 348:
+            return
+        order = "<" if np.frombuffer(header[:4], "<i4")[0] == 348 else ">"
+        datatype = int(np.frombuffer(header[70:72], f"{order}i2")[0])
+        if datatype not in _NIFTI_FLOAT_TYPES:
+            return
+        dtype = np.dtype(order + _NIFTI_FLOAT_TYPES[datatype])
+        offset = int(np.frombuffer(header[108:112], f"{order}f4")[0])
+        stream.read(max(offset - 348, 0))
+        nan_count = infinite_count = 0
+        remainder = b""
+        while chunk := stream.read(chunk_size):
+            chunk = remainder + chunk
+            usable = len(chunk) - len(chunk) % dtype.itemsize
+            values = np.frombuffer(chunk[:usable], dtype)
+            nan_count += int(np.isnan(values).sum())
+            infinite_count += int(np.isinf(values).sum())
+            remainder = chunk[usable:]
+    if nan_count or infinite_count:
+        raise ImageReadError(
+            f"{path} contains {nan_count} NaN and {infinite_count} infinite voxels, which "
+            "SimpleITK would read as 0; replace them (for example with -1024 HU, air) and "
+            "save the image again"
+        )
 
 
 def _check_nifti_size(path: Path) -> None:

@@ -41,7 +41,8 @@ def load_image(image: ImageInput, *, spacing: Sequence[float] | None = None) -> 
         FileNotFoundError: If a path does not exist.
         partialseg.data.io.ImageReadError: If a file cannot be read or is not 3D.
         ValueError: If the image is not 3D, has several components per voxel,
-            contains NaN, or ``spacing`` is missing, invalid or not applicable.
+            contains NaN or infinite values, or ``spacing`` is missing, invalid
+            or not applicable.
         TypeError: If ``image`` has an unsupported type.
 
     Example:
@@ -74,7 +75,7 @@ def load_image(image: ImageInput, *, spacing: Sequence[float] | None = None) -> 
 
 
 def check_image(image: sitk.Image, *, name: str = "image") -> None:
-    """Raise a ValueError unless ``image`` is a single-channel 3D image without NaN.
+    """Raise a ValueError unless ``image`` is a single-channel 3D image of finite values.
 
     Args:
         image: The image to check.
@@ -91,11 +92,13 @@ def check_image(image: sitk.Image, *, name: str = "image") -> None:
             f"{image.GetNumberOfComponentsPerPixel()} components; pass a single-channel CT"
         )
     if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
-        nan_count = int(np.isnan(sitk.GetArrayViewFromImage(image)).sum())
-        if nan_count:
+        values = sitk.GetArrayViewFromImage(image)
+        nan_count = int(np.isnan(values).sum())
+        infinite_count = int(np.isinf(values).sum())
+        if nan_count or infinite_count:
             raise ValueError(
-                f"{name} contains {nan_count} NaN voxels; replace them (for example with "
-                "-1024 HU, air) before prediction"
+                f"{name} contains {nan_count} NaN and {infinite_count} infinite voxels; "
+                "replace them (for example with -1024 HU, air) before prediction"
             )
 
 
