@@ -28,7 +28,11 @@ def as_index_tensor(label_map: Any, *, name: str = "label_map") -> torch.Tensor:
             )
         if label_map.dtype not in (np.int32, np.int64):
             label_map = label_map.astype(np.int64)
-        return torch.from_numpy(np.ascontiguousarray(label_map))
+        label_map = np.ascontiguousarray(label_map)
+        if not label_map.flags.writeable:
+            # torch.from_numpy warns on read-only arrays such as SimpleITK array views.
+            label_map = label_map.copy()
+        return torch.from_numpy(label_map)
     if not isinstance(label_map, torch.Tensor):
         raise TypeError(
             f"{name} must be a numpy array or a torch tensor, got {type(label_map).__name__}"
