@@ -34,9 +34,8 @@ def case(request, small_ct):
 
 def test_streaming_masks_match_reference(case):
     network, image, reference = case
-    masks, probabilities = Predictor(network, progress=False).predict(
-        image, return_probabilities=True
-    )
+    predictor = Predictor(network, progress=False, accumulate_dtype=torch.float32)
+    masks, probabilities = predictor.predict(image, return_probabilities=True)
     for name in CLASSES:
         expected = (reference[name] >= 0.5).astype(np.uint8)
         received = sitk.GetArrayFromImage(masks[name])
@@ -55,9 +54,10 @@ def test_streaming_covers_several_slabs(case):
     assert len(grid.starts[0]) >= 2
 
 
-def test_float16_accumulation_changes_only_ties(case):
+def test_default_float16_changes_only_ties(case):
     network, image, reference = case
-    predictor = Predictor(network, progress=False, accumulate_dtype=torch.float16)
+    predictor = Predictor(network, progress=False)
+    assert predictor.accumulate_dtype == torch.float16
     masks = predictor.predict(image)
     changed_total = 0
     for name in CLASSES:
@@ -65,5 +65,6 @@ def test_float16_accumulation_changes_only_ties(case):
         changed = sitk.GetArrayFromImage(masks[name]).astype(bool) != expected
         changed_total += int(changed.sum())
         if changed.any():
-            assert np.abs(reference[name][changed] - 0.5).max() < 1e-3, name
+            # The documented bound: 2**-13 per window, eight windows per voxel here.
+            assert np.abs(reference[name][changed] - 0.5).max() < 8 * 2**-13, name
     assert changed_total < 1e-5 * image.GetNumberOfPixels() * len(CLASSES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 from collections.abc import Iterator, Sequence
@@ -51,6 +52,8 @@ class Predictor:
     grid in ``accumulate_dtype``. Finished slabs are resampled to the input
     grid, thresholded and kept as bit-packed masks until the end. Peak memory
     grows with the number of classes times one slab, not times the whole volume.
+    For networks with per-class heads (``network.heads.select``), each window's
+    logits are computed eight classes at a time from the decoder features.
 
     Args:
         network: A trained network with ``preprocessing`` set. It is moved to
@@ -69,10 +72,16 @@ class Predictor:
         precision: ``"bf16"`` or ``"fp16"`` to run the network under autocast,
             or None for float32.
         progress: Show a progress bar over the windows.
-        accumulate_dtype: ``torch.float32`` (default) or ``torch.float16``, which
-            halves the accumulator memory. Rounding the running sums to float16
-            moves probabilities by up to about 1e-3, so a few voxels whose
-            probability is that close to 0.5 can change their mask value.
+        accumulate_dtype: ``torch.float16`` (default) or ``torch.float32`` for
+            the running sums of centred probabilities (probability - 0.5).
+            float16 halves the accumulator, the largest buffer. Each window
+            adds in float32 and the sum is rounded once to float16, by at most
+            2**-13 for sums in [-0.5, 0.5]. So a mask voxel can differ from
+            float32 accumulation only where the float32 probability is closer
+            to 0.5 than 2**-13 times the number of additions to the voxel: the
+            windows covering it (eight at ``step_size=0.5`` with evenly spaced
+            windows, so 1e-3) times the mirrored passes. Returned probabilities
+            are float16 either way.
 
     Raises:
         TypeError: If ``network`` is not an ``nn.Module``.
@@ -103,7 +112,7 @@ class Predictor:
         batch_size: int = 1,
         precision: Literal["bf16", "fp16"] | None = None,
         progress: bool = True,
-        accumulate_dtype: torch.dtype = torch.float32,
+        accumulate_dtype: torch.dtype = torch.float16,
     ) -> None:
         if not isinstance(network, nn.Module):
             raise TypeError(f"network must be a SegmentationNetwork, got {type(network).__name__}")
@@ -194,17 +203,22 @@ class Predictor:
         grid = WindowGrid.build(
             volume.shape, preprocessing.patch_size, step_size=self.step_size, gaussian=self.gaussian
         )
-        shape = original.GetSize()[::-1]
+        geometry = _Geometry.of(original)
         resampler = OriginalGridResampler(
             axis_maps(original, network_grid, padding),
-            shape,
+            geometry.shape,
             len(names),
             keep_probabilities=return_probabilities,
         )
+        body = body_mask(original) if "body" in steps else None
+        # Only the geometry of the input is needed from here on. Dropping the
+        # images frees their voxels during the sliding window where this
+        # function holds the last reference (an input read from a file).
+        del original, network_grid
         logger.info(
             "predicting %d classes for an image of %s voxels (network grid %s)",
             len(names),
-            shape,
+            geometry.shape,
             volume.shape,
         )
 
@@ -222,31 +236,11 @@ class Predictor:
             )
         del volume
 
-        masks = self._collect_masks(original, names, resampler, steps)
+        masks = _collect_masks(geometry, names, resampler, body=body, steps=steps)
         if not return_probabilities:
             return masks
         probabilities = {name: resampler.probabilities[i] for i, name in enumerate(names)}
         return masks, probabilities
-
-    def _collect_masks(
-        self,
-        original: sitk.Image,
-        names: list[str],
-        resampler: OriginalGridResampler,
-        steps: tuple[str, ...],
-    ) -> dict[str, sitk.Image]:
-        body = body_mask(original) if "body" in steps else None
-        masks = {}
-        for index, name in enumerate(names):
-            mask = resampler.mask(index)
-            if body is not None:
-                mask &= body
-            if "largest_component" in steps:
-                mask = keep_largest_component(mask)
-            image = sitk.GetImageFromArray(mask)
-            image.CopyInformation(original)
-            masks[name] = image
-        return masks
 
     def _preprocessing(self) -> Preprocessing:
         preprocessing = getattr(self.network, "preprocessing", None)
@@ -305,6 +299,52 @@ class Predictor:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Geometry:
+    """Size, spacing, origin and direction of an image, without its voxels."""
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> _Geometry:
+        return cls(
+            tuple(image.GetSize()[::-1]),
+            image.GetSpacing(),
+            image.GetOrigin(),
+            image.GetDirection(),
+        )
+
+    def image(self, array: np.ndarray) -> sitk.Image:
+        """Return ``array`` (z, y, x) as a SimpleITK image with this geometry."""
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+
+def _collect_masks(
+    geometry: _Geometry,
+    names: list[str],
+    resampler: OriginalGridResampler,
+    *,
+    body: np.ndarray | None,
+    steps: tuple[str, ...],
+) -> dict[str, sitk.Image]:
+    masks = {}
+    for index, name in enumerate(names):
+        mask = resampler.mask(index)
+        if body is not None:
+            mask &= body
+        if "largest_component" in steps:
+            mask = keep_largest_component(mask)
+        masks[name] = geometry.image(mask)
+    return masks
 
 
 def preprocess_image(
