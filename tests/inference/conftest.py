@@ -24,12 +24,15 @@ def make_unet(
     patch_size: Sequence[int] = (16, 32, 32),
     seed: int = 0,
     sharpness: float = 8.0,
+    head_bias: bool = True,
 ) -> SegmentationNetwork:
     """Build a two-stage plain U-Net with biased heads whose classes fire on different fractions.
 
     Random weights give logits of about +-1; multiplying them by ``sharpness``
     makes the probabilities nearly binary, like those of a trained network, and
     biases from -6 to 6 make some classes cover little and some much of the image.
+    Without ``head_bias`` the heads stay bias-free like those of ``create_model``,
+    so the network can be saved and loaded with the hub functions.
     """
     torch.manual_seed(seed)
     network = create_model(
@@ -39,11 +42,11 @@ def make_unet(
         strides=[1, 2],
         deep_supervision=False,
     )
-    heads = ClassHeads(network.heads.in_channels, list(class_names), bias=True)
+    heads = ClassHeads(network.heads.in_channels, list(class_names), bias=head_bias)
     with torch.no_grad():
         for weight in heads.weight:
             weight.mul_(sharpness)
-        for bias in heads.bias:
+        for bias in heads.bias if head_bias else []:
             bias.copy_(torch.linspace(-6.0, 6.0, len(class_names)))
     network.heads = heads
     network.preprocessing = Preprocessing(

@@ -175,3 +175,18 @@ def test_existing_case_folders(predictor, input_folder, tmp_path):
 def test_invalid_writer_options(predictor, tmp_path, options, message):
     with pytest.raises(ValueError, match=message):
         predict_to_folder(predictor, tmp_path, tmp_path / "out", **options)
+
+
+@pytest.mark.realdata
+def test_failed_first_case_removes_new_output_folder(predictor, input_folder, tmp_path):
+    output = tmp_path / "new" / "predictions"
+    with pytest.raises(ValueError, match="overlap"):
+        predict_to_folder(predictor, input_folder, output, formats=["labelmap"])
+    assert not output.exists()
+
+
+@pytest.mark.realdata
+def test_failed_case_keeps_existing_output_folder(predictor, input_folder, tmp_path):
+    with pytest.raises(ValueError, match="overlap"):
+        predict_to_folder(predictor, input_folder, tmp_path, formats=["labelmap"])
+    assert tmp_path.is_dir()

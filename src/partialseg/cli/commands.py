@@ -79,6 +79,8 @@ def _fit(trainer: Any, *, resume: bool) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     """Predict per-class masks for every input volume."""
+    import torch
+
     from partialseg.hub import from_pretrained
     from partialseg.inference import Predictor, predict_to_folder
 
@@ -87,9 +89,12 @@ def run_predict(args: argparse.Namespace) -> int:
     predictor = Predictor(
         network,
         step_size=args.step_size,
-        mirroring=(0, 1, 2) if args.mirroring else None,
+        mirroring=_mirror_axes(args.mirroring),
         device=device,
+        batch_size=args.batch_size,
+        precision=args.precision,
         progress=not args.no_progress,
+        accumulate_dtype=getattr(torch, args.accumulate_dtype),
     )
     written = predict_to_folder(
         predictor,
@@ -97,11 +102,20 @@ def run_predict(args: argparse.Namespace) -> int:
         args.output,
         classes=args.classes,
         formats=args.formats,
+        labelmap_classes=args.labelmap_classes,
+        overlap_policy=args.overlap_policy,
         postprocess=args.postprocess,
         existing=args.existing,
     )
     logger.info("wrote predictions of %d case(s) to %s", len(written), args.output)
     return 0
+
+
+def _mirror_axes(axes: list[int] | None) -> tuple[int, ...] | None:
+    """Return the mirroring axes of ``--mirroring``: None when absent, all three when empty."""
+    if axes is None:
+        return None
+    return tuple(axes) if axes else (0, 1, 2)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

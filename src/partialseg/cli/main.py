@@ -179,13 +179,48 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="window step as a fraction of the patch size (default 0.5)",
     )
-    predict.add_argument("--mirroring", action="store_true", help="test-time mirroring, all axes")
+    predict.add_argument(
+        "--mirroring",
+        nargs="*",
+        type=int,
+        choices=[0, 1, 2],
+        metavar="AXIS",
+        help="test-time mirroring along these array axes of the network grid (0 = z, 1 = y, "
+        "2 = x); the flag alone mirrors all three",
+    )
+    predict.add_argument(
+        "--precision",
+        choices=["bf16", "fp16"],
+        help="run the network under autocast in this precision (default: float32)",
+    )
+    predict.add_argument(
+        "--batch-size", type=int, default=1, help="windows per network call (default 1)"
+    )
+    predict.add_argument(
+        "--accumulate-dtype",
+        choices=["float16", "float32"],
+        default="float16",
+        help="dtype of the sliding-window sums; float32 doubles their memory, and float16 "
+        "can change voxels whose probability is within about 1e-3 of 0.5 (default float16)",
+    )
     predict.add_argument(
         "--formats",
         nargs="+",
         default=["masks"],
         choices=["masks", "labelmap", "probabilities", "probabilities_npz", "preview"],
         help="outputs to write per case (default: masks)",
+    )
+    predict.add_argument(
+        "--labelmap-classes",
+        nargs="+",
+        help="classes of the label map, in label order (default: all predicted classes)",
+    )
+    predict.add_argument(
+        "--overlap-policy",
+        choices=["error", "first", "last", "largest-prob"],
+        default="error",
+        help="label map voxels of several classes: error, or the first, last or most "
+        "probable class (default: error)",
     )
     predict.add_argument(
         "--postprocess",

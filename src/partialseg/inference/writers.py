@@ -36,7 +36,7 @@ import SimpleITK as sitk
 from tqdm.auto import tqdm
 
 from partialseg.inference._preview import encode_png, render_preview
-from partialseg.inference.inputs import list_cases, load_image
+from partialseg.inference.inputs import Case, list_cases, load_image
 from partialseg.inference.predictor import Predictor
 
 logger = logging.getLogger(__name__)
@@ -171,7 +171,8 @@ def _raise_on_overlap(masks: Mapping[str, sitk.Image], classes: Sequence[str]) -
     raise ValueError(
         f"classes {involved} overlap in {int(overlapping.sum())} voxels, so one label map "
         "cannot hold them; pass overlap_policy='first', 'last' or 'largest-prob', or a set "
-        "of non-overlapping label map classes"
+        "of non-overlapping label map classes (on the command line: --overlap-policy or "
+        "--labelmap-classes)"
     )
 
 
@@ -296,18 +297,52 @@ def predict_to_folder(
     _check_choice(existing, ("error", "skip", "overwrite"), "existing")
     cases = list_cases(inputs)
     output_dir = Path(output_dir)
+    created = not output_dir.exists()
     output_dir.mkdir(parents=True, exist_ok=True)
     if existing == "error":
         clashes = [case.name for case in cases if (output_dir / case.name).exists()]
         if clashes:
             raise FileExistsError(
                 f"case folders exist in {output_dir}: {clashes[:5]}; pass existing='skip' or "
-                "existing='overwrite'"
+                "existing='overwrite' (on the command line: --existing skip or overwrite)"
             )
+
+    try:
+        return _predict_cases(
+            predictor,
+            cases,
+            output_dir,
+            classes=classes,
+            formats=formats,
+            labelmap_classes=labelmap_classes,
+            overlap_policy=overlap_policy,
+            postprocess=postprocess,
+            existing=existing,
+            preview_slices=preview_slices,
+        )
+    finally:
+        # A folder made here that received no case is removed, so a failed
+        # first case leaves the file system as it was.
+        if created and output_dir.is_dir() and not any(output_dir.iterdir()):
+            output_dir.rmdir()
+
+
+def _predict_cases(
+    predictor: Predictor,
+    cases: Sequence[Case],
+    output_dir: Path,
+    *,
+    classes: Sequence[str] | None,
+    formats: Sequence[str],
+    labelmap_classes: Sequence[str] | None,
+    overlap_policy: OverlapPolicy,
+    postprocess: str | Sequence[str] | None,
+    existing: str,
+    preview_slices: int,
+) -> list[Path]:
     needs_probabilities = bool(
         {"probabilities", "probabilities_npz"} & set(formats) or overlap_policy == "largest-prob"
     )
-
     written = []
     for case in tqdm(cases, disable=not predictor.progress, unit="case", desc="cases"):
         target = output_dir / case.name

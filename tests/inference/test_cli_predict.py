@@ -1,0 +1,123 @@
+"""The ``partialseg predict`` command: its options reach the predictor and the writers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from partialseg.cli import main
+from partialseg.cli.main import build_parser
+from partialseg.hub import from_pretrained, save_pretrained
+from partialseg.inference import Predictor
+
+from .conftest import make_unet
+
+pytestmark = pytest.mark.realdata
+
+CLASSES = ["D01/liver", "D01/spleen", "D02/liver", "D02/aorta"]
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("model")
+    save_pretrained(make_unet(CLASSES, head_bias=False), folder, model_card=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def image_path(small_ct, tmp_path_factory):
+    path = tmp_path_factory.mktemp("images") / "abdomen.nii.gz"
+    sitk.WriteImage(small_ct[30:94, 30:78, :16], str(path))
+    return path
+
+
+def predict(image_path, output, model_folder, *options):
+    command = ["predict", "-i", str(image_path), "-o", str(output), "-m", str(model_folder)]
+    return main([*command, "--device", "cpu", "--no-progress", *options])
+
+
+@pytest.mark.parametrize(
+    ("options", "axes"),
+    [([], None), (["--mirroring"], []), (["--mirroring", "1", "2"], [1, 2])],
+    ids=["absent", "all-axes", "chosen-axes"],
+)
+def test_mirroring_option_parses(options, axes):
+    args = build_parser().parse_args(["predict", "-i", "x", "-o", "y", "-m", "z", *options])
+    assert args.mirroring == axes
+
+
+def test_invalid_mirroring_axis_rejected(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["predict", "-i", "x", "-o", "y", "-m", "z", "--mirroring", "3"])
+    assert "invalid choice: 3" in capsys.readouterr().err
+
+
+def test_options_match_python_api(model_folder, image_path, tmp_path):
+    options = ["--mirroring", "2", "--batch-size", "2", "--accumulate-dtype", "float32"]
+    assert predict(image_path, tmp_path, model_folder, *options) == 0
+
+    predictor = Predictor(
+        from_pretrained(model_folder),
+        mirroring=(2,),
+        batch_size=2,
+        accumulate_dtype=torch.float32,
+        progress=False,
+    )
+    expected = predictor.predict(image_path)
+    predictor.mirror_axes = [()]
+    unmirrored = predictor.predict(image_path)
+    # The comparison can only catch an ignored option if the option changes the masks.
+    assert any(
+        not np.array_equal(
+            sitk.GetArrayFromImage(expected[n]), sitk.GetArrayFromImage(unmirrored[n])
+        )
+        for n in CLASSES
+    )
+    case = tmp_path / "abdomen"
+    stems = json.loads((case / "classes.json").read_text())
+    assert sorted(stems.values()) == sorted(CLASSES)
+    for stem, class_name in stems.items():
+        written = sitk.GetArrayFromImage(sitk.ReadImage(str(case / f"{stem}.nii.gz")))
+        assert np.array_equal(written, sitk.GetArrayFromImage(expected[class_name])), class_name
+
+
+def test_labelmap_classes_and_overlap_policy(model_folder, image_path, tmp_path):
+    status = predict(
+        image_path,
+        tmp_path,
+        model_folder,
+        "--formats",
+        "labelmap",
+        "--labelmap-classes",
+        "D01/spleen",
+        "D02/aorta",
+        "--overlap-policy",
+        "last",
+    )
+    assert status == 0
+    table = json.loads((tmp_path / "abdomen" / "labelmap.json").read_text())
+    assert table["overlap_policy"] == "last"
+    assert table["labels"] == {"background": 0, "D01/spleen": 1, "D02/aorta": 2}
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "abdomen" / "labelmap.nii.gz")))
+    assert set(np.unique(labels).tolist()) <= {0, 1, 2}
+
+
+def test_overlap_error_names_command_line_options(model_folder, image_path, tmp_path, capsys):
+    output = tmp_path / "predictions"
+    assert predict(image_path, output, model_folder, "--formats", "labelmap") == 2
+    error = capsys.readouterr().err
+    assert "--overlap-policy" in error
+    assert "--labelmap-classes" in error
+    assert not output.exists()
+
+
+def test_invalid_precision_rejected(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(
+            ["predict", "-i", "x", "-o", "y", "-m", "z", "--precision", "fp8"]
+        )
+    assert "invalid choice: 'fp8'" in capsys.readouterr().err
