@@ -6,11 +6,12 @@ image and some little), the same patch, the same 50 % window overlap and the
 same Gaussian weighting (sigma = patch / 8), without mirroring, and returns one
 uint8 mask per class on the input grid:
 
-- ``partialseg``: ``Predictor(accumulate_dtype=torch.float32)``.
-- ``partialseg-fp16``: the same with a float16 accumulator.
+- ``partialseg``: ``Predictor()`` with its default float16 accumulator.
+- ``partialseg-fp32``: the same with a float32 accumulator.
 - ``monai``: the same resampling and normalisation, then MONAI's
   ``sliding_window_inference`` (stitching on the CPU), an in-place sigmoid, and
-  per class a linear SimpleITK resampling onto the input grid and a threshold.
+  per class a linear SimpleITK resampling onto the input grid (nearest-value
+  extrapolation at the border, as partialseg does) and a threshold.
 - ``nnunet``: ``nnUNetPredictor`` initialised by hand (``manual_initialization``
   with a plans dict and dataset.json built here) and
   ``predict_single_npy_array``. nnU-Net returns one label map, not one mask per
@@ -23,6 +24,14 @@ Every arm runs in its own subprocess, so its peak resident set size
 network and the image are loaded, and the increment is the peak minus it. Each
 arm reports wall-clock seconds and CPU seconds (user + system) of the
 prediction. On a shared machine the CPU seconds vary less than the wall time.
+
+The final table adds, per arm, the memory each class adds: the peak minus the
+same arm's 1-class peak, divided by the number of added classes and by the size
+of one uint8 mask of the input. Agreement is the fraction of (class, voxel)
+pairs whose mask value equals that of the ``partialseg`` arm with the same
+number of classes (which must come earlier in ``--arms``). For nnU-Net it is
+the fraction of voxels whose label equals the label map built from the
+``partialseg`` masks with nnU-Net's rule (later classes overwrite earlier ones).
 
 Usage::
 
@@ -50,7 +59,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _data import data_root
 
-ARMS = ("partialseg", "partialseg-fp16", "monai", "nnunet")
+ARMS = ("partialseg", "partialseg-fp32", "monai", "nnunet")
 FEATURES = [4, 8, 16, 32]
 STRIDES = [1, 2, 2, 2]
 SPACING = (1.5, 1.0, 1.0)
@@ -59,7 +68,9 @@ CT_CLIP = (-1000.0, 1000.0)
 CT_MEAN, CT_STD = 0.0, 400.0
 
 
-def build_network(num_classes: int, *, patch=PATCH, features=FEATURES, seed: int = 0):
+def build_network(
+    num_classes: int, *, patch=PATCH, features=FEATURES, spacing=SPACING, seed: int = 0
+):
     """Return the benchmark network: a small plain U-Net with biased per-class heads."""
     from partialseg.data.preprocessing import Preprocessing
     from partialseg.nn import ClassHeads, create_model
@@ -81,7 +92,7 @@ def build_network(num_classes: int, *, patch=PATCH, features=FEATURES, seed: int
             bias.copy_(torch.linspace(-4.0, 4.0, num_classes))
     network.heads = heads
     network.preprocessing = Preprocessing(
-        spacing=SPACING, patch_size=patch, ct_clip=CT_CLIP, ct_mean=CT_MEAN, ct_std=CT_STD
+        spacing=tuple(spacing), patch_size=patch, ct_clip=CT_CLIP, ct_mean=CT_MEAN, ct_std=CT_STD
     )
     return network.eval()
 
@@ -149,7 +160,11 @@ def run_monai(network, image):
     for channel in probabilities:
         probability = sitk.GetImageFromArray(channel)
         probability.CopyInformation(grid)
-        back = sitk.Resample(probability, image, sitk.Transform(), sitk.sitkLinear, 0.0)
+        # Input voxels beyond the outermost network voxel centres take the
+        # nearest value, as in partialseg, instead of the default 0.
+        back = sitk.Resample(
+            probability, image, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32, True
+        )
         masks.append(sitk.GetArrayFromImage(back >= 0.5))
     return masks
 
@@ -160,7 +175,7 @@ def nnunet_plans(network, image: sitk.Image) -> tuple[dict, dict]:
     plans = {
         "dataset_name": "Dataset999_Benchmark",
         "plans_name": "nnUNetPlans",
-        "original_median_spacing_after_transp": list(SPACING),
+        "original_median_spacing_after_transp": list(network.preprocessing.spacing),
         "original_median_shape_after_transp": list(image.GetSize()[::-1]),
         "image_reader_writer": "SimpleITKIO",
         "transpose_forward": [0, 1, 2],
@@ -185,7 +200,7 @@ def nnunet_plans(network, image: sitk.Image) -> tuple[dict, dict]:
                 "batch_size": 1,
                 "patch_size": list(network.preprocessing.patch_size),
                 "median_image_size_in_voxels": list(image.GetSize()[::-1]),
-                "spacing": list(SPACING),
+                "spacing": list(network.preprocessing.spacing),
                 "normalization_schemes": ["CTNormalization"],
                 "use_mask_for_norm": [False],
                 "resampling_fn_data": "resample_data_or_seg_to_shape",
@@ -252,16 +267,19 @@ def worker(arguments: argparse.Namespace) -> None:
     torch.set_num_threads(arguments.threads)
     image = load_input(arguments.synthetic)
     network = build_network(
-        arguments.num_classes, patch=tuple(arguments.patch), features=arguments.features
+        arguments.num_classes,
+        patch=tuple(arguments.patch),
+        features=arguments.features,
+        spacing=arguments.spacing,
     )
 
     baseline = current_rss()
     usage = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     if arguments.worker == "partialseg":
-        images = run_partialseg(network, image, accumulate_dtype=torch.float32)
-    elif arguments.worker == "partialseg-fp16":
         images = run_partialseg(network, image, accumulate_dtype=torch.float16)
+    elif arguments.worker == "partialseg-fp32":
+        images = run_partialseg(network, image, accumulate_dtype=torch.float32)
     elif arguments.worker == "monai":
         masks = run_monai(network, image)
     else:
@@ -276,8 +294,11 @@ def worker(arguments: argparse.Namespace) -> None:
     peak = end_usage.ru_maxrss * 1024
 
     if arguments.masks_out:
-        packed = {f"m{i}": np.packbits(np.asarray(mask) > 0) for i, mask in enumerate(masks)}
-        np.savez(arguments.masks_out, **packed)
+        if arguments.worker == "nnunet":
+            np.savez(arguments.masks_out, labels=np.asarray(masks[0]))
+        else:
+            packed = {f"m{i}": np.packbits(np.asarray(mask) > 0) for i, mask in enumerate(masks)}
+            np.savez(arguments.masks_out, shape=np.asarray(masks[0].shape), **packed)
     result = {
         "arm": arguments.worker,
         "classes": arguments.num_classes,
@@ -306,6 +327,8 @@ def run_arm(arm: str, num_classes: int, arguments: argparse.Namespace, masks_out
         *map(str, arguments.patch),
         "--features",
         *map(str, arguments.features),
+        "--spacing",
+        *map(str, arguments.spacing),
     ]
     if arguments.synthetic:
         command.append("--synthetic")
@@ -317,16 +340,67 @@ def run_arm(arm: str, num_classes: int, arguments: argparse.Namespace, masks_out
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def agreement(path_a: str, path_b: str) -> float | None:
-    """Return the fraction of (class, voxel) pairs on which two runs' masks agree."""
-    if not (Path(path_a).exists() and Path(path_b).exists()):
+def _class_masks(archive) -> list[np.ndarray]:
+    shape = tuple(archive["shape"])
+    count = int(np.prod(shape))
+    keys = sorted((k for k in archive.files if k.startswith("m")), key=lambda k: int(k[1:]))
+    return [np.unpackbits(archive[k], count=count).reshape(shape) for k in keys]
+
+
+def _label_map(masks: list[np.ndarray]) -> np.ndarray:
+    """Return nnU-Net's label map of per-class masks: later classes overwrite earlier ones."""
+    labels = np.zeros(masks[0].shape, np.int32)
+    for index, mask in enumerate(masks):
+        labels[mask > 0] = index + 1
+    return labels
+
+
+def agreement(path: str, reference_path: str) -> float | None:
+    """Return the fraction of voxels (per class, or of the label map for nnU-Net) that agree."""
+    if not (Path(path).exists() and Path(reference_path).exists()):
         return None
-    with np.load(path_a) as a, np.load(path_b) as b:
-        if sorted(a.files) != sorted(b.files):
-            return None
-        same = sum(int((np.unpackbits(a[k]) == np.unpackbits(b[k])).sum()) for k in a.files)
-        total = sum(np.unpackbits(a[k]).size for k in a.files)
-    return same / total
+    with np.load(path) as archive, np.load(reference_path) as reference_archive:
+        reference = _class_masks(reference_archive)
+        if "labels" in archive.files:
+            labels = archive["labels"]
+            return float(np.mean(labels == _label_map(reference)))
+        masks = _class_masks(archive)
+    if len(masks) != len(reference):
+        return None
+    same = sum(int(np.count_nonzero(a == b)) for a, b in zip(masks, reference, strict=True))
+    return same / sum(a.size for a in masks)
+
+
+def summary_table(results: list[dict]) -> str:
+    """Format the results as a Markdown table with ratios to MONAI and per-class memory."""
+    by_key = {(r["arm"], r["classes"]): r for r in results if "error" not in r}
+    header = (
+        "| arm | classes | wall s | CPU s | peak RSS GB | over baseline GB | added per class "
+        "(x uint8 mask) | peak / MONAI | wall / MONAI | agreement |\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    )
+    rows = [header]
+    for result in results:
+        arm, classes = result["arm"], result["classes"]
+        if "error" in result:
+            rows.append(f"| {arm} | {classes} | failed: {result['error'][:80]} |")
+            continue
+        peak, increment = result["peak_rss"], result["peak_rss"] - result["baseline_rss"]
+        single = by_key.get((arm, 1))
+        per_class = "-"
+        if single is not None and classes > 1:
+            added = (peak - single["peak_rss"]) / (classes - 1) / result["mask_bytes"]
+            per_class = f"{added:.2f}"
+        monai = by_key.get(("monai", classes))
+        peak_ratio = f"{peak / monai['peak_rss']:.2f}" if monai else "-"
+        time_ratio = f"{result['seconds'] / monai['seconds']:.2f}" if monai else "-"
+        match = result.get("agreement_with_partialseg")
+        rows.append(
+            f"| {arm} | {classes} | {result['seconds']:.1f} | {result['cpu_seconds']:.1f} | "
+            f"{peak / 1e9:.2f} | {increment / 1e9:.2f} | {per_class} | {peak_ratio} | "
+            f"{time_ratio} | {'-' if match is None else f'{match:.6f}'} |"
+        )
+    return "\n".join(rows)
 
 
 def main() -> None:
@@ -340,6 +414,20 @@ def main() -> None:
     )
     parser.add_argument(
         "--features", type=int, nargs="+", default=FEATURES, help="U-Net features per stage"
+    )
+    parser.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        default=list(SPACING),
+        help="network spacing (z, y, x) in mm",
+    )
+    parser.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        metavar="ARM:CLASSES",
+        help="do not run this arm at this class count (for example nnunet:104); repeatable",
     )
     parser.add_argument("--output", type=Path, help="also write the results as JSON here")
     parser.add_argument("--worker", choices=ARMS, help=argparse.SUPPRESS)
@@ -358,6 +446,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for num_classes in arguments.classes:
             for arm in arguments.arms:
+                if f"{arm}:{num_classes}" in arguments.skip:
+                    continue
                 masks_out = str(Path(scratch) / f"{arm}-{num_classes}.npz")
                 result = run_arm(arm, num_classes, arguments, masks_out)
                 if "error" not in result and arm != "partialseg":
@@ -367,8 +457,10 @@ def main() -> None:
                 results.append(result)
                 print(json.dumps({k: v for k, v in result.items() if k != "foreground"}))
                 sys.stdout.flush()
+    print(summary_table(results))
     if arguments.output:
-        arguments.output.write_text(json.dumps(results, indent=2) + "\n")
+        record = {"command": sys.argv, "platform": platform.platform(), "results": results}
+        arguments.output.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":
