@@ -181,3 +181,39 @@ def test_cli_predict_rejects_unavailable_device(
     )
     assert status == 2
     assert "--device" in capsys.readouterr().err
+
+
+def test_extra_feature_stages_logged(caplog: pytest.LogCaptureFixture) -> None:
+    from partialseg.data.preprocessing import Preprocessing
+    from partialseg.training.network import _plan_topology
+
+    preprocessing = Preprocessing(
+        spacing=(1.0, 1.0, 1.0),
+        patch_size=(8, 8, 8),
+        ct_clip=(-1000.0, 1000.0),
+        ct_mean=0.0,
+        ct_std=1.0,
+    )
+    with caplog.at_level("WARNING", logger="partialseg.training.network"):
+        model_args = _plan_topology(preprocessing, [4, 8, 16, 32, 64, 128])
+    kept = model_args["features_per_stage"]
+    assert len(kept) < 6
+    assert f"using {kept}" in caplog.text
+    assert "lists 6 stages" in caplog.text
+
+
+def test_fitting_feature_stages_not_logged(caplog: pytest.LogCaptureFixture) -> None:
+    from partialseg.data.preprocessing import Preprocessing
+    from partialseg.training.network import _plan_topology
+
+    preprocessing = Preprocessing(
+        spacing=(1.0, 1.0, 1.0),
+        patch_size=(32, 32, 32),
+        ct_clip=(-1000.0, 1000.0),
+        ct_mean=0.0,
+        ct_std=1.0,
+    )
+    with caplog.at_level("WARNING", logger="partialseg.training.network"):
+        model_args = _plan_topology(preprocessing, [4, 8])
+    assert model_args["features_per_stage"] == [4, 8]
+    assert caplog.text == ""

@@ -69,5 +69,16 @@ def _plan_topology(preprocessing: Preprocessing, features: list[int] | None) -> 
         preprocessing.patch_size = tuple(int(p) for p in topology.patch_size)
     model_args = topology.model_args()
     if features:
+        if len(features) > len(topology.strides):
+            logger.warning(
+                "features_per_stage %s lists %d stages, but patch size %s at spacing %s allows "
+                "only %d; using %s. Enlarge the patch or list fewer stages to silence this.",
+                list(features),
+                len(features),
+                preprocessing.patch_size,
+                preprocessing.spacing,
+                len(topology.strides),
+                list(features[: len(topology.strides)]),
+            )
         model_args["features_per_stage"] = list(features[: len(topology.strides)])
     return model_args
