@@ -220,3 +220,25 @@ def test_optimizer_file_loads_without_pickle(straight_run: Trainer) -> None:
     state = torch.load(folder / "optimizer.pt", weights_only=True)
     assert state["optimizer"]["param_groups"][0]["nesterov"] is True
     assert state["grad_scaler"] is None
+
+
+def test_resume_accepts_same_dataset_by_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from partialseg.training.config import check_resumable
+
+    (tmp_path / "Dataset001_Liver").mkdir()
+    monkeypatch.chdir(tmp_path)
+    saved = TrainingConfig(datasets=["Dataset001_Liver"], output_dir="run").to_dict()
+    given = TrainingConfig(datasets=[str(tmp_path / "Dataset001_Liver")], output_dir="run")
+    check_resumable("TrainingConfig", saved, given, source="run")
+
+
+def test_resume_rejects_other_dataset_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from partialseg.training.config import check_resumable
+
+    monkeypatch.chdir(tmp_path)
+    saved = TrainingConfig(datasets=["Dataset001_Liver"], output_dir="run").to_dict()
+    given = TrainingConfig(datasets=[str(tmp_path / "Dataset002_Spleen")], output_dir="run")
+    with pytest.raises(ValueError, match="datasets: saved"):
+        check_resumable("TrainingConfig", saved, given, source="run")

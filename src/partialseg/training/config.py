@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import math
+from pathlib import Path
 from typing import Any, Literal
 
 logger = logging.getLogger(__name__)
@@ -249,7 +250,11 @@ def check_resumable(
             f"{type(config).__name__} run; resume it with the command that started it"
         )
     differences = config_differences(saved_config, config.to_dict())
-    blocking = {k: v for k, v in differences.items() if k not in RESUMABLE_CHANGES}
+    blocking = {
+        k: v
+        for k, v in differences.items()
+        if k not in RESUMABLE_CHANGES and not (k in _PATH_FIELDS and _same_paths(*v))
+    }
     if blocking:
         listed = "; ".join(f"{k}: saved {v[0]!r}, given {v[1]!r}" for k, v in blocking.items())
         raise ValueError(
@@ -264,6 +269,22 @@ def check_resumable(
             saved,
             current,
         )
+
+
+_PATH_FIELDS = frozenset({"datasets", "pretrained"})
+"""Configuration fields holding paths, equal on resume when they name the same folders."""
+
+
+def _same_paths(saved: Any, given: Any) -> bool:
+    """Return whether two path fields name the same files, relative paths taken from the cwd."""
+    if isinstance(saved, str) and isinstance(given, str):
+        saved, given = [saved], [given]
+    if not (isinstance(saved, list) and isinstance(given, list)) or len(saved) != len(given):
+        return False
+    return all(
+        isinstance(a, str) and isinstance(b, str) and Path(a).resolve() == Path(b).resolve()
+        for a, b in zip(saved, given, strict=True)
+    )
 
 
 def _check_common(config: TrainingConfig | FineTuneConfig) -> None:
