@@ -233,3 +233,57 @@ def test_median_spacing_names_corrupt_file(tmp_path: Path) -> None:
     case = Case("broken", "D", broken, broken)
     with pytest.raises(ImageReadError, match=r"broken_0000\.nii"):
         median_spacing([case])
+
+
+def test_load_case_nan_in_nifti(synthetic_collection: list[Path], tmp_path: Path) -> None:
+    root = _copy_dataset(synthetic_collection[2], tmp_path / "S3")
+    dataset = read_raw_dataset(root)
+    case = dataset.cases[0]
+    image = sitk.Cast(sitk.ReadImage(str(case.image_path)), sitk.sitkFloat32)
+    array = sitk.GetArrayFromImage(image)
+    array[3, 3, 3] = np.nan
+    broken = sitk.GetImageFromArray(array)
+    broken.CopyInformation(image)
+    sitk.WriteImage(broken, str(case.image_path))
+    with pytest.raises(ImageReadError, match="1 NaN and 0 infinite voxels") as error:
+        load_case(case, (3.0, 2.5, 2.5), build_registry([dataset]))
+    assert case.image_path.name in str(error.value)
+
+
+def test_load_case_background_only_label_logged(
+    synthetic_collection: list[Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = _copy_dataset(synthetic_collection[1], tmp_path / "S2")
+    dataset = read_raw_dataset(root)
+    case = dataset.cases[0]
+    label = sitk.ReadImage(str(case.label_path))
+    empty = sitk.Image(label.GetSize(), label.GetPixelID())
+    empty.CopyInformation(label)
+    sitk.WriteImage(empty, str(case.label_path))
+    with caplog.at_level("WARNING", logger="partialseg.data.cases"):
+        load_case(case, (3.0, 2.5, 2.5), build_registry([dataset]))
+    assert "contains only background" in caplog.text
+    assert case.label_path.name in caplog.text
+
+
+def test_raw_dataset_unused_files_logged(
+    synthetic_collection: list[Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = _copy_dataset(synthetic_collection[0], tmp_path / "S1")
+    first = sorted((root / "imagesTr").glob("*_0000.nii.gz"))[0]
+    shutil.copyfile(first, first.with_name(first.name.replace("_0000", "_0001")))
+    shutil.copyfile(next((root / "labelsTr").iterdir()), root / "labelsTr" / "orphan.nii.gz")
+    with caplog.at_level("WARNING", logger="partialseg.data.nnunet"):
+        dataset = read_raw_dataset(root)
+    assert "orphan" not in [case.name for case in dataset.cases]
+    assert "1 files that are not channel 0000" in caplog.text
+    assert "1 label maps without an image" in caplog.text
+    assert "orphan.nii.gz" in caplog.text
+
+
+def test_raw_dataset_without_unused_files_is_silent(
+    synthetic_collection: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="partialseg.data.nnunet"):
+        read_raw_dataset(synthetic_collection[0])
+    assert caplog.text == ""

@@ -84,6 +84,14 @@ def load_case(
         label = sitk.Cast(label, sitk.sitkInt32)
         label_array = sitk.GetArrayViewFromImage(label)
     registry.validate_label_map(label_array, case.dataset, source=str(case.label_path))
+    if not label_array.any():
+        logger.warning(
+            "label map %s contains only background (0), so every class of dataset %s is "
+            "trained as absent in case %s; check that this is the right label file",
+            case.label_path,
+            case.dataset,
+            case.name,
+        )
     image_array = sitk.GetArrayViewFromImage(image)
     if not np.isfinite(image_array).all():
         raise ValueError(

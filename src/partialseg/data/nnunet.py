@@ -130,4 +130,36 @@ def _find_cases(root: Path, dataset_name: str, ending: str) -> list[Case]:
                 f"{label_path}; add it or remove {image_path.name} from imagesTr"
             )
         cases.append(Case(case_name, dataset_name, image_path, label_path))
+    _warn_about_unused_files(images_dir, labels_dir, {case.name for case in cases}, ending)
     return cases
+
+
+def _warn_about_unused_files(
+    images_dir: Path, labels_dir: Path, case_names: set[str], ending: str
+) -> None:
+    """Log the image and label files that no single-channel case reads."""
+    other_channels = sorted(
+        path.name
+        for path in images_dir.glob(f"*{ending}")
+        if not path.name.endswith(f"_0000{ending}")
+    )
+    if other_channels:
+        logger.warning(
+            "%s holds %d files that are not channel 0000 (%s); they are not used, because "
+            "partialseg trains on single-channel CT",
+            images_dir,
+            len(other_channels),
+            ", ".join(other_channels[:3]),
+        )
+    unmatched = sorted(
+        path.name
+        for path in labels_dir.glob(f"*{ending}")
+        if path.name[: -len(ending)] not in case_names
+    )
+    if unmatched:
+        logger.warning(
+            "%s holds %d label maps without an image in imagesTr (%s); they are not used",
+            labels_dir,
+            len(unmatched),
+            ", ".join(unmatched[:3]),
+        )
