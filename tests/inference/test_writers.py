@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from partialseg.inference import Predictor, build_label_map, predict_to_folder, safe_file_names
+from partialseg.inference import (
+    Predictor,
+    build_label_map,
+    predict_to_folder,
+    safe_file_names,
+    write_prediction,
+)
 from partialseg.inference import writers as writers_module
 from partialseg.inference._preview import encode_png
 
@@ -190,3 +196,17 @@ def test_failed_case_keeps_existing_output_folder(predictor, input_folder, tmp_p
     with pytest.raises(ValueError, match="overlap"):
         predict_to_folder(predictor, input_folder, tmp_path, formats=["labelmap"])
     assert tmp_path.is_dir()
+
+
+def test_preview_without_image_rejected(tmp_path):
+    masks = masks_from([("a", [[[1, 0]]])])
+    with pytest.raises(ValueError, match=r"formats \['preview'\] need the input image"):
+        write_prediction(tmp_path / "case", None, masks, formats=["masks", "preview"])
+    assert not (tmp_path / "case").exists()
+
+
+def test_masks_without_image_written(tmp_path):
+    masks = masks_from([("D01/a", [[[1, 0]]])])
+    write_prediction(tmp_path / "case", None, masks, formats=["masks", "labelmap"])
+    assert (tmp_path / "case" / "D01__a.nii.gz").is_file()
+    assert (tmp_path / "case" / "labelmap.nii.gz").is_file()

@@ -176,9 +176,12 @@ def _raise_on_overlap(masks: Mapping[str, sitk.Image], classes: Sequence[str]) -
     )
 
 
+_FORMATS_NEEDING_IMAGE = frozenset({"probabilities", "probabilities_npz", "preview"})
+
+
 def write_prediction(
     folder: str | os.PathLike[str],
-    image: sitk.Image,
+    image: sitk.Image | None,
     masks: Mapping[str, sitk.Image],
     *,
     probabilities: Mapping[str, np.ndarray] | None = None,
@@ -191,7 +194,8 @@ def write_prediction(
 
     Args:
         folder: The case folder to create.
-        image: The input CT, for the preview and the geometry of the probabilities.
+        image: The input CT, for the preview and the geometry of the
+            probabilities; None when ``formats`` contains neither.
         masks: uint8 masks per class from :meth:`Predictor.predict`.
         probabilities: float16 probabilities per class; required for the
             probability formats and ``overlap_policy="largest-prob"``.
@@ -206,6 +210,9 @@ def write_prediction(
         ValueError: If a format is unknown or data a format needs are missing.
     """
     formats = _check_formats(formats)
+    needing_image = sorted(set(formats) & _FORMATS_NEEDING_IMAGE)
+    if image is None and needing_image:
+        raise ValueError(f"formats {needing_image} need the input image; pass it as image")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=False)
     stems = safe_file_names(list(masks))
@@ -350,14 +357,17 @@ def _predict_cases(
             logger.info("skipping case %s: %s exists", case.name, target)
             continue
         logger.info("predicting case %s from %s", case.name, case.path)
-        image = load_image(case.path)
+        # The predictor reads the file itself, so it can release the voxels
+        # during the sliding window. Only the preview and the probability
+        # files need the image afterwards, and read it again.
         result = predictor.predict(
-            image,
+            case.path,
             classes=classes,
             return_probabilities=needs_probabilities,
             postprocess=postprocess,
         )
         masks, probabilities = result if needs_probabilities else (result, None)
+        image = load_image(case.path) if set(formats) & _FORMATS_NEEDING_IMAGE else None
         with tempfile.TemporaryDirectory(dir=output_dir, prefix=f".{case.name}.") as temporary:
             staging = Path(temporary) / case.name
             write_prediction(
