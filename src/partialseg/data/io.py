@@ -37,7 +37,7 @@ def read_image(path: str | os.PathLike[str]) -> sitk.Image:
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ImageReadError: The file is corrupt, not an image, or not 3D, or a
-            NIfTI file holds NaN or infinite values, which ITK's NIfTI reader
+            NIfTI file contains NaN or infinite values, which ITK's NIfTI reader
             would return as 0.
 
     Example:
