@@ -145,7 +145,7 @@ def _warn_about_unused_files(
     )
     if other_channels:
         logger.warning(
-            "%s holds %d files that are not channel 0000 (%s); they are not used, because "
+            "%s contains %d files that are not channel 0000 (%s); they are ignored, because "
             "partialseg trains on single-channel CT",
             images_dir,
             len(other_channels),
@@ -158,7 +158,7 @@ def _warn_about_unused_files(
     )
     if unmatched:
         logger.warning(
-            "%s holds %d label maps without an image in imagesTr (%s); they are not used",
+            "%s contains %d label maps without an image in imagesTr (%s); they are ignored",
             labels_dir,
             len(unmatched),
             ", ".join(unmatched[:3]),
