@@ -67,7 +67,11 @@ def run_demo(
     )
     start = time.perf_counter()
     network = Trainer(config).fit()
-    logger.info("trained in %.1f s", time.perf_counter() - start)
+    logger.info(
+        "trained in %.1f s; model written to %s",
+        time.perf_counter() - start,
+        output_dir / "run" / "model",
+    )
 
     image_path, references = make_synthetic_test_case(output_dir / "test", seed=seed + 1000)
     masks = Predictor(network, progress=progress).predict(image_path)

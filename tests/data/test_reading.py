@@ -287,3 +287,17 @@ def test_raw_dataset_without_unused_files_is_silent(
     with caplog.at_level("WARNING", logger="partialseg.data.nnunet"):
         read_raw_dataset(synthetic_collection[0])
     assert caplog.text == ""
+
+
+def test_dicom_series_with_missing_slice(data_root: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "series"
+    shutil.copytree(data_root / "totalseg" / "example_ct_dicom", folder)
+    files = sorted(
+        (path for path in folder.iterdir() if path.name.startswith("CT")),
+        key=lambda path: float(sitk.ReadImage(str(path)).GetMetaData("0020|0032").split("\\")[2]),
+    )
+    files[10].unlink()
+    with pytest.raises(ImageReadError, match="not evenly spaced") as error:
+        read_image(folder)
+    assert "2 mm apart" in str(error.value)
+    assert "4 mm apart" in str(error.value)

@@ -9,6 +9,7 @@ from safetensors.torch import load_file, save_file
 from partialseg.hub import (
     InvalidModelConfigError,
     InvalidWeightsFileError,
+    ModelNotFoundError,
     WeightsMismatchError,
     from_pretrained,
     save_pretrained,
@@ -180,3 +181,11 @@ def test_labels_disagree_with_class_names(saved):
 
     assert loaded.label_registry == registry
     assert loaded.class_names == ["D03/liver", "D03/liver_tumor", "D09/spleen"]
+
+
+def test_mistyped_local_path_not_sent_to_hub(tmp_path, monkeypatch):
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match="its parent folder 'runs' does"):
+        from_pretrained("runs/mdoel")

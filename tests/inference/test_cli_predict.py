@@ -121,3 +121,30 @@ def test_invalid_precision_rejected(capsys):
             ["predict", "-i", "x", "-o", "y", "-m", "z", "--precision", "fp8"]
         )
     assert "invalid choice: 'fp8'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "options", [["--labelmap-classes", "D01/liver"], ["--overlap-policy", "last"]]
+)
+def test_labelmap_options_need_labelmap_format(model_folder, image_path, tmp_path, capsys, options):
+    assert predict(image_path, tmp_path / "out", model_folder, *options) == 2
+    assert "apply to the label map only; add --formats labelmap" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--step-size", "0"], "expected a number in (0, 1], got '0'"),
+        (["--step-size", "1.5"], "expected a number in (0, 1], got '1.5'"),
+        (["--step-size", "abc"], "expected a number in (0, 1], got 'abc'"),
+        (["--batch-size", "0"], "expected a whole number of at least 1, got '0'"),
+    ],
+    ids=["step-zero", "step-large", "step-text", "batch-zero"],
+)
+def test_invalid_window_options_name_flag(capsys, options, message):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["predict", "-i", "x", "-o", "y", "-m", "z", *options])
+    error = capsys.readouterr().err
+    assert message in error
+    assert options[0] in error

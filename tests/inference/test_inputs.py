@@ -186,3 +186,20 @@ def test_cases_folder_with_dicom_subfolder(data_root):
     names = [case.name for case in cases]
     assert "example_ct_dicom" in names
     assert "example_ct" in names
+
+
+def test_empty_array_rejected():
+    with pytest.raises(ValueError, match=r"is empty: its size \(x, y, z\) is \(10, 10, 0\)"):
+        load_image(np.zeros((0, 10, 10), np.float32), spacing=(1.0, 1.0, 1.0))
+
+
+def test_tensor_rejected_before_spacing():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"got Tensor; convert a torch tensor"):
+        load_image(torch.zeros(3, 3, 3), spacing=(1.0, 1.0, 1.0))
+
+
+def test_folder_listing_prints_no_gdcm_warning(tmp_path, capfd):
+    (tmp_path / "a.nii.gz").touch()
+    assert [case.name for case in list_cases(tmp_path)] == ["a"]
+    assert "No Series were found" not in capfd.readouterr().err

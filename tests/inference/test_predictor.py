@@ -226,8 +226,9 @@ def test_invalid_class_lists_rejected(predictor, ct, classes, message):
         ({"mirroring": (0, 0)}, "mirroring must list distinct array axes"),
         ({"precision": "fp8"}, "precision must be 'bf16', 'fp16' or None"),
         ({"accumulate_dtype": torch.float64}, "accumulate_dtype must be"),
+        ({"device": "gpu0"}, "device must be a torch device such as 'cpu'"),
     ],
-    ids=["step-zero", "step-large", "batch", "axis", "axis-twice", "precision", "dtype"],
+    ids=["step-zero", "step-large", "batch", "axis", "axis-twice", "precision", "dtype", "device"],
 )
 def test_invalid_options_rejected(unet, options, message):
     with pytest.raises(ValueError, match=message):
@@ -285,3 +286,8 @@ def test_changed_heads_output_falls_back(unet, ct, caplog):
     assert "cannot run separately" in caplog.text
     for name in CLASSES:
         assert np.array_equal(received[name], expected[name]), name
+
+
+def test_fp16_on_cpu_warns(unet):
+    with pytest.warns(UserWarning, match="use precision='bf16' there"):
+        Predictor(unet, precision="fp16", progress=False)

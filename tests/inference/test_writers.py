@@ -210,3 +210,73 @@ def test_masks_without_image_written(tmp_path):
     write_prediction(tmp_path / "case", None, masks, formats=["masks", "labelmap"])
     assert (tmp_path / "case" / "D01__a.nii.gz").is_file()
     assert (tmp_path / "case" / "labelmap.nii.gz").is_file()
+
+
+@pytest.mark.realdata
+def test_labelmap_class_not_predicted_rejected_first(predictor, input_folder, tmp_path):
+    calls = []
+    predictor.network.register_forward_hook(lambda module, args, output: calls.append(1))
+    with pytest.raises(ValueError, match=r"'D02/aorta' is not among the predicted classes"):
+        predict_to_folder(
+            predictor,
+            input_folder,
+            tmp_path / "out",
+            classes=["D01/liver"],
+            formats=["labelmap"],
+            labelmap_classes=["D02/aorta"],
+        )
+    assert calls == []
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_labelmap_class_suggests(predictor, tmp_path):
+    (tmp_path / "ct.nii.gz").touch()
+    with pytest.raises(ValueError, match="did you mean 'D01/spleen'"):
+        predict_to_folder(
+            predictor,
+            tmp_path / "ct.nii.gz",
+            tmp_path / "out",
+            formats=["labelmap"],
+            labelmap_classes=["D01/spleeen"],
+        )
+
+
+@pytest.mark.realdata
+def test_output_folder_is_file_rejected(predictor, input_folder, tmp_path):
+    output = tmp_path / "predictions"
+    output.write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match="is a file; pass the path of a folder"):
+        predict_to_folder(predictor, input_folder, output)
+    with pytest.raises(OSError, match="cannot create output folder"):
+        predict_to_folder(predictor, input_folder, output / "sub")
+
+
+@pytest.mark.realdata
+def test_overwrite_replaces_file_at_case_path(predictor, input_folder, tmp_path):
+    image = input_folder / "abdomen_a_0000.nii.gz"
+    (tmp_path / "abdomen_a").write_text("old")
+    predict_to_folder(predictor, image, tmp_path, existing="overwrite")
+    assert (tmp_path / "abdomen_a" / "D01__liver.nii.gz").is_file()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["abdomen_a"]
+
+
+@pytest.mark.realdata
+def test_failed_case_logs_progress_and_keeps_written(
+    predictor, input_folder, tmp_path, caplog, monkeypatch
+):
+    original = writers_module.write_prediction
+
+    def fail_on_second(folder, *args, **kwargs):
+        if "abdomen_b" in str(folder):
+            raise OSError("disk full")
+        return original(folder, *args, **kwargs)
+
+    monkeypatch.setattr(writers_module, "write_prediction", fail_on_second)
+    with (
+        caplog.at_level("ERROR", logger="partialseg.inference.writers"),
+        pytest.raises(OSError, match="disk full"),
+    ):
+        predict_to_folder(predictor, input_folder, tmp_path)
+    assert "case abdomen_b (2 of 2) failed; 1 case folder(s) were written" in caplog.text
+    assert "--existing skip" in caplog.text
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["abdomen_a"]

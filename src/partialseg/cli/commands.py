@@ -84,6 +84,13 @@ def run_predict(args: argparse.Namespace) -> int:
     from partialseg.hub import from_pretrained
     from partialseg.inference import Predictor, predict_to_folder
 
+    labelmap_only = {"--labelmap-classes": args.labelmap_classes is not None}
+    labelmap_only["--overlap-policy"] = args.overlap_policy != "error"
+    ignored = [flag for flag, given in labelmap_only.items() if given]
+    if ignored and "labelmap" not in args.formats:
+        raise ValueError(
+            f"{' and '.join(ignored)} apply to the label map only; add --formats labelmap"
+        )
     device = _device(args.device)
     network = from_pretrained(args.model)
     predictor = Predictor(

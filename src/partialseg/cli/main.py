@@ -30,6 +30,30 @@ def _triple(kind: type) -> callable:
     return parse
 
 
+def _step_size(text: str) -> float:
+    """Parse a window step: a fraction of the patch size in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """Parse an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of at least 1, got {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
+
+
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spacing", type=_triple(float), help="target spacing z,y,x in mm")
     parser.add_argument("--patch-size", type=_triple(int), help="patch size z,y,x in voxels")
@@ -175,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument(
         "--step-size",
-        type=float,
+        type=_step_size,
         default=0.5,
         help="window step as a fraction of the patch size (default 0.5)",
     )
@@ -194,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the network under autocast in this precision (default: float32)",
     )
     predict.add_argument(
-        "--batch-size", type=int, default=1, help="windows per network call (default 1)"
+        "--batch-size", type=_positive_int, default=1, help="windows per network call (default 1)"
     )
     predict.add_argument(
         "--accumulate-dtype",
@@ -294,3 +318,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.debug("command failed", exc_info=True)
         print(f"partialseg {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"partialseg {args.command}: interrupted", file=sys.stderr)
+        return 130

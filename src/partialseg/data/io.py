@@ -197,7 +197,40 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0])
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
-    return reader.Execute()
+    reader.MetaDataDictionaryArrayUpdateOn()
+    image = reader.Execute()
+    _check_slice_positions(reader, image, folder)
+    return image
+
+
+def _check_slice_positions(
+    reader: sitk.ImageSeriesReader, image: sitk.Image, folder: Path, tolerance: float = 0.1
+) -> None:
+    """Raise if the slices of a DICOM series are not evenly spaced along their normal.
+
+    ITK stacks a series with a missing or duplicated slice onto an even grid with
+    only a printed warning, which misplaces every slice after the gap.
+    """
+    count = image.GetSize()[2]
+    if count < 3:
+        return
+    normal = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)[:, 2]
+    positions = []
+    for index in range(count):
+        if not reader.HasMetaDataKey(index, "0020|0032"):
+            return
+        text = reader.GetMetaData(index, "0020|0032")
+        positions.append(float(np.dot([float(v) for v in text.split("\\")], normal)))
+    steps = np.diff(np.sort(positions))
+    median = float(np.median(steps))
+    worst = int(np.argmax(np.abs(steps - median)))
+    if median <= 0 or abs(steps[worst] - median) > tolerance * median:
+        raise ImageReadError(
+            f"the DICOM series in {folder} is not evenly spaced: slices are {median:.3g} mm "
+            f"apart, but slices {worst} and {worst + 1} (in position order) are "
+            f"{steps[worst]:.3g} mm apart, so a slice is missing or duplicated; export the "
+            "complete series"
+        )
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike[str], *, compress: bool = True) -> None:

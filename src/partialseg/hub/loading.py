@@ -167,7 +167,9 @@ def resolve_model_files(
     """Find the ``config.json`` and ``model.safetensors`` of a local or Hub model.
 
     A path object is always a local directory. A string is a local directory if one
-    exists at that path, and a Hub repo id otherwise.
+    exists at that path, and a Hub repo id otherwise, unless its first part names an
+    existing local folder: then it is taken for a mistyped path and rejected
+    without contacting the Hub.
 
     Args:
         repo_id_or_path: Directory or Hub repo id.
@@ -201,6 +203,14 @@ def resolve_model_files(
         raise ModelNotFoundError(
             f"no model directory {str(path)!r} exists, and {repo_id!r} is not a Hub repo id "
             "such as 'org/name'; pass the directory written by save_pretrained or a repo id"
+        )
+    if path.parent.is_dir() and path.parent != Path("."):
+        # "runs/model" with an existing folder "runs" is a mistyped local path far
+        # more often than a Hub repo of an organisation named like that folder.
+        raise ModelNotFoundError(
+            f"no model directory {str(path)!r} exists, although its parent folder "
+            f"{str(path.parent)!r} does; check the path. To load the Hub repo {repo_id!r} "
+            "instead, run from another folder or download it with huggingface_hub first"
         )
     download_options = {
         "revision": revision,

@@ -50,6 +50,11 @@ def load_image(image: ImageInput, *, spacing: Sequence[float] | None = None) -> 
         >>> image.GetSize(), image.GetSpacing()
         ((6, 5, 4), (1.0, 1.0, 3.0))
     """
+    if not isinstance(image, (np.ndarray, sitk.Image, str, os.PathLike)):
+        raise TypeError(
+            "image must be a path, a SimpleITK image or a numpy array, "
+            f"got {type(image).__name__}; convert a torch tensor with tensor.numpy()"
+        )
     if isinstance(image, np.ndarray):
         result = _image_from_array(image, spacing)
         name = "the array"
@@ -62,14 +67,9 @@ def load_image(image: ImageInput, *, spacing: Sequence[float] | None = None) -> 
         if isinstance(image, sitk.Image):
             result = image
             name = "the SimpleITK image"
-        elif isinstance(image, (str, os.PathLike)):
+        else:
             result = read_image(image)
             name = str(image)
-        else:
-            raise TypeError(
-                "image must be a path, a SimpleITK image or a numpy array, "
-                f"got {type(image).__name__}"
-            )
     check_image(result, name=name)
     return result
 
@@ -85,6 +85,11 @@ def check_image(image: sitk.Image, *, name: str = "image") -> None:
         raise ValueError(
             f"{name} must be a 3D image, got a {image.GetDimension()}D image of size "
             f"{image.GetSize()}; pass a single 3D CT volume"
+        )
+    if 0 in image.GetSize():
+        raise ValueError(
+            f"{name} is empty: its size (x, y, z) is {image.GetSize()}; pass a volume with "
+            "at least one voxel along every axis"
         )
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError(
@@ -221,4 +226,10 @@ def _case_name(path: Path) -> str:
 
 
 def _has_dicom_series(folder: Path) -> bool:
-    return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    # GDCM prints a warning for every folder without a series; the answer is enough here.
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)

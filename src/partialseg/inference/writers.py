@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from partialseg.inference._preview import encode_png, render_preview
 from partialseg.inference.inputs import Case, list_cases, load_image
 from partialseg.inference.predictor import Predictor
+from partialseg.nn.heads import unknown_name_message
 
 logger = logging.getLogger(__name__)
 
@@ -303,9 +304,11 @@ def predict_to_folder(
     _check_choice(overlap_policy, OVERLAP_POLICIES, "overlap_policy")
     _check_choice(existing, ("error", "skip", "overwrite"), "existing")
     cases = list_cases(inputs)
+    if "labelmap" in formats and labelmap_classes is not None:
+        _check_labelmap_classes(labelmap_classes, classes, list(predictor.network.class_names))
     output_dir = Path(output_dir)
     created = not output_dir.exists()
-    output_dir.mkdir(parents=True, exist_ok=True)
+    _make_output_folder(output_dir)
     if existing == "error":
         clashes = [case.name for case in cases if (output_dir / case.name).exists()]
         if clashes:
@@ -351,38 +354,113 @@ def _predict_cases(
         {"probabilities", "probabilities_npz"} & set(formats) or overlap_policy == "largest-prob"
     )
     written = []
-    for case in tqdm(cases, disable=not predictor.progress, unit="case", desc="cases"):
+    for number, case in enumerate(
+        tqdm(cases, disable=not predictor.progress, unit="case", desc="cases"), start=1
+    ):
         target = output_dir / case.name
         if target.exists() and existing == "skip":
             logger.info("skipping case %s: %s exists", case.name, target)
             continue
-        logger.info("predicting case %s from %s", case.name, case.path)
-        # The predictor reads the file itself, so it can release the voxels
-        # during the sliding window. Only the preview and the probability
-        # files need the image afterwards, and read it again.
-        result = predictor.predict(
-            case.path,
-            classes=classes,
-            return_probabilities=needs_probabilities,
-            postprocess=postprocess,
-        )
-        masks, probabilities = result if needs_probabilities else (result, None)
-        image = load_image(case.path) if set(formats) & _FORMATS_NEEDING_IMAGE else None
-        with tempfile.TemporaryDirectory(dir=output_dir, prefix=f".{case.name}.") as temporary:
-            staging = Path(temporary) / case.name
-            write_prediction(
-                staging,
-                image,
-                masks,
-                probabilities=probabilities,
+        try:
+            _predict_case(
+                predictor,
+                case,
+                target,
+                classes=classes,
                 formats=formats,
                 labelmap_classes=labelmap_classes,
                 overlap_policy=overlap_policy,
+                postprocess=postprocess,
+                needs_probabilities=needs_probabilities,
                 preview_slices=preview_slices,
             )
-            _move_into_place(staging, target)
+        except Exception:
+            if len(cases) > 1:
+                logger.error(
+                    "case %s (%d of %d) failed; %d case folder(s) were written to %s. After "
+                    "fixing it, rerun with existing='skip' (--existing skip) to predict only "
+                    "the remaining cases",
+                    case.name,
+                    number,
+                    len(cases),
+                    len(written),
+                    output_dir,
+                )
+            raise
         written.append(target)
     return written
+
+
+def _predict_case(
+    predictor: Predictor,
+    case: Case,
+    target: Path,
+    *,
+    classes: Sequence[str] | None,
+    formats: Sequence[str],
+    labelmap_classes: Sequence[str] | None,
+    overlap_policy: OverlapPolicy,
+    postprocess: str | Sequence[str] | None,
+    needs_probabilities: bool,
+    preview_slices: int,
+) -> None:
+    """Predict one case and move its finished folder to ``target``."""
+    output_dir = target.parent
+    logger.info("predicting case %s from %s", case.name, case.path)
+    # The predictor reads the file itself, so it can release the voxels
+    # during the sliding window. Only the preview and the probability
+    # files need the image afterwards, and read it again.
+    result = predictor.predict(
+        case.path,
+        classes=classes,
+        return_probabilities=needs_probabilities,
+        postprocess=postprocess,
+    )
+    masks, probabilities = result if needs_probabilities else (result, None)
+    image = load_image(case.path) if set(formats) & _FORMATS_NEEDING_IMAGE else None
+    with tempfile.TemporaryDirectory(dir=output_dir, prefix=f".{case.name}.") as temporary:
+        staging = Path(temporary) / case.name
+        write_prediction(
+            staging,
+            image,
+            masks,
+            probabilities=probabilities,
+            formats=formats,
+            labelmap_classes=labelmap_classes,
+            overlap_policy=overlap_policy,
+            preview_slices=preview_slices,
+        )
+        _move_into_place(staging, target)
+
+
+def _check_labelmap_classes(
+    labelmap_classes: Sequence[str], classes: Sequence[str] | None, known: list[str]
+) -> None:
+    """Raise before any prediction if a label map class will not be predicted."""
+    predicted = known if classes is None else list(classes)
+    for name in labelmap_classes:
+        if name in predicted:
+            continue
+        if name in known:
+            raise ValueError(
+                f"label map class {name!r} is not among the predicted classes {predicted}; "
+                "add it to classes (--classes on the command line)"
+            )
+        raise ValueError(unknown_name_message("label map class", name, predicted))
+
+
+def _make_output_folder(output_dir: Path) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(
+            f"output folder {output_dir} is a file; pass the path of a folder (new or existing)"
+        )
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(
+            f"cannot create output folder {output_dir}: {error.strerror}; pass a folder path "
+            "whose parents are folders you can write to"
+        ) from error
 
 
 def _move_into_place(staging: Path, target: Path) -> None:
@@ -393,7 +471,10 @@ def _move_into_place(staging: Path, target: Path) -> None:
     old = staging.with_name(staging.name + ".old")
     os.replace(target, old)
     os.replace(staging, target)
-    shutil.rmtree(old)
+    if old.is_dir():
+        shutil.rmtree(old)
+    else:
+        old.unlink()
 
 
 def _check_formats(formats: Sequence[str]) -> list[str]:
