@@ -148,3 +148,16 @@ def test_invalid_window_options_name_flag(capsys, options, message):
     error = capsys.readouterr().err
     assert message in error
     assert options[0] in error
+
+
+def test_interrupt_exits_130_without_traceback(monkeypatch, capsys):
+    from partialseg.cli import commands
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "run_predict", interrupted)
+    assert main(["predict", "-i", "x", "-o", "y", "-m", "z"]) == 130
+    error = capsys.readouterr().err
+    assert "partialseg predict: interrupted" in error
+    assert "Traceback" not in error
