@@ -36,9 +36,9 @@ def read_image(path: str | os.PathLike[str]) -> sitk.Image:
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ImageReadError: The file is corrupt, not an image, or not 3D, or a
-            NIfTI file contains NaN or infinite values, which ITK's NIfTI reader
-            would return as 0.
+        ImageReadError: The file is corrupt, not an image, or not 3D, a NIfTI
+            file contains NaN or infinite values (which ITK's NIfTI reader would
+            return as 0), or the slices of a DICOM series are unevenly spaced.
 
     Example:
         >>> import tempfile, pathlib

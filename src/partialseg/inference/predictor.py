@@ -86,8 +86,8 @@ class Predictor:
 
     Raises:
         TypeError: If ``network`` is not an ``nn.Module``.
-        ValueError: If an option is out of range or autocast is not available
-            on ``device`` for ``precision``.
+        ValueError: If an option is out of range, ``device`` is not a torch
+            device, or autocast is not available on ``device`` for ``precision``.
 
     Example:
         >>> from partialseg.nn import create_model
