@@ -291,3 +291,20 @@ def test_changed_heads_output_falls_back(unet, ct, caplog):
 def test_fp16_on_cpu_warns(unet):
     with pytest.warns(UserWarning, match="use precision='bf16' there"):
         Predictor(unet, precision="fp16", progress=False)
+
+
+def test_iter_masks_equals_predict(unet, ct):
+    options = {"classes": ["D02/aorta", "D01/spleen"], "postprocess": "largest_component"}
+    predictor = Predictor(unet, progress=False)
+    expected = mask_arrays(predictor.predict(ct, **options))
+    received = {
+        name: sitk.GetArrayFromImage(mask) for name, mask in predictor.iter_masks(ct, **options)
+    }
+    assert list(received) == ["D02/aorta", "D01/spleen"]
+    for name in received:
+        assert np.array_equal(received[name], expected[name]), name
+
+
+def test_iter_masks_checks_classes_before_iterating(unet, ct):
+    with pytest.raises(ValueError, match="unknown class name"):
+        Predictor(unet, progress=False).iter_masks(ct, classes=["D09/nothing"])

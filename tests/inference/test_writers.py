@@ -264,14 +264,14 @@ def test_overwrite_replaces_file_at_case_path(predictor, input_folder, tmp_path)
 def test_failed_case_logs_progress_and_keeps_written(
     predictor, input_folder, tmp_path, caplog, monkeypatch
 ):
-    original = writers_module.write_prediction
+    original = writers_module._write_mask_files
 
     def fail_on_second(folder, *args, **kwargs):
         if "abdomen_b" in str(folder):
             raise OSError("disk full")
         return original(folder, *args, **kwargs)
 
-    monkeypatch.setattr(writers_module, "write_prediction", fail_on_second)
+    monkeypatch.setattr(writers_module, "_write_mask_files", fail_on_second)
     with (
         caplog.at_level("ERROR", logger="partialseg.inference.writers"),
         pytest.raises(OSError, match="disk full"),

@@ -199,6 +199,68 @@ class Predictor:
                 class or post-processing name is unknown, or the network has no
                 preprocessing.
         """
+        finished = self._run(
+            image,
+            classes=classes,
+            spacing=spacing,
+            keep_probabilities=return_probabilities,
+            postprocess=postprocess,
+        )
+        masks = dict(finished.masks())
+        if not return_probabilities:
+            return masks
+        return masks, finished.probabilities()
+
+    def iter_masks(
+        self,
+        image: ImageInput,
+        *,
+        classes: Sequence[str] | None = None,
+        spacing: Sequence[float] | None = None,
+        postprocess: str | Sequence[str] | None = None,
+    ) -> Iterator[tuple[str, sitk.Image]]:
+        """Predict like :meth:`predict`, then return the masks one class at a time.
+
+        The sliding window runs before this method returns. Each mask is
+        unpacked only when the iterator reaches it, so a caller that writes and
+        drops every mask holds one uint8 volume at a time instead of one per
+        class. Arguments and errors are those of :meth:`predict`.
+
+        Returns:
+            An iterator of ``(class name, uint8 SimpleITK mask)`` pairs in the
+            order of ``classes``.
+
+        Example:
+            >>> from partialseg.nn import create_model
+            >>> net = create_model("plain_unet", classes=["D01/liver"],
+            ...                    features_per_stage=[4, 8], strides=[1, 2])
+            >>> net.preprocessing = Preprocessing(spacing=(3.0, 3.0, 3.0),
+            ...     patch_size=(16, 16, 16), ct_clip=(-1000.0, 1000.0), ct_mean=0.0, ct_std=500.0)
+            >>> ct = np.full((20, 24, 24), -1000, np.int16)
+            >>> predictor = Predictor(net, progress=False)
+            >>> for name, mask in predictor.iter_masks(ct, spacing=(2.5, 2.0, 2.0)):
+            ...     print(name, mask.GetSize())
+            D01/liver (24, 24, 20)
+        """
+        finished = self._run(
+            image,
+            classes=classes,
+            spacing=spacing,
+            keep_probabilities=False,
+            postprocess=postprocess,
+        )
+        return finished.masks()
+
+    def _run(
+        self,
+        image: ImageInput,
+        *,
+        classes: Sequence[str] | None,
+        spacing: Sequence[float] | None,
+        keep_probabilities: bool,
+        postprocess: str | Sequence[str] | None,
+    ) -> _FinishedPrediction:
+        """Run the sliding window and return the thresholded, still packed result."""
         original = load_image(image, spacing=spacing)
         names = self._resolve_classes(classes)
         steps = resolve_postprocessing(postprocess)
@@ -214,7 +276,7 @@ class Predictor:
             axis_maps(original, network_grid, padding),
             geometry.shape,
             len(names),
-            keep_probabilities=return_probabilities,
+            keep_probabilities=keep_probabilities,
         )
         body = body_mask(original) if "body" in steps else None
         # Only the geometry of the input is needed from here on. Dropping the
@@ -242,11 +304,7 @@ class Predictor:
             )
         del volume
 
-        masks = _collect_masks(geometry, names, resampler, body=body, steps=steps)
-        if not return_probabilities:
-            return masks
-        probabilities = {name: resampler.probabilities[i] for i, name in enumerate(names)}
-        return masks, probabilities
+        return _FinishedPrediction(geometry, names, resampler, body, steps)
 
     def _preprocessing(self) -> Preprocessing:
         preprocessing = getattr(self.network, "preprocessing", None)
@@ -334,23 +392,27 @@ class _Geometry:
         return image
 
 
-def _collect_masks(
-    geometry: _Geometry,
-    names: list[str],
-    resampler: OriginalGridResampler,
-    *,
-    body: np.ndarray | None,
-    steps: tuple[str, ...],
-) -> dict[str, sitk.Image]:
-    masks = {}
-    for index, name in enumerate(names):
-        mask = resampler.mask(index)
-        if body is not None:
-            mask &= body
-        if "largest_component" in steps:
-            mask = keep_largest_component(mask)
-        masks[name] = geometry.image(mask)
-    return masks
+@dataclasses.dataclass(frozen=True)
+class _FinishedPrediction:
+    """Packed masks of a finished sliding window, unpacked one class at a time."""
+
+    geometry: _Geometry
+    names: list[str]
+    resampler: OriginalGridResampler
+    body: np.ndarray | None
+    steps: tuple[str, ...]
+
+    def masks(self) -> Iterator[tuple[str, sitk.Image]]:
+        for index, name in enumerate(self.names):
+            mask = self.resampler.mask(index)
+            if self.body is not None:
+                mask &= self.body
+            if "largest_component" in self.steps:
+                mask = keep_largest_component(mask)
+            yield name, self.geometry.image(mask)
+
+    def probabilities(self) -> dict[str, np.ndarray]:
+        return {name: self.resampler.probabilities[i] for i, name in enumerate(self.names)}
 
 
 def preprocess_image(

@@ -27,7 +27,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -217,10 +217,10 @@ def write_prediction(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=False)
     stems = safe_file_names(list(masks))
-    _write_json(folder / "classes.json", {stem: name for name, stem in stems.items()})
     if "masks" in formats:
-        for name, mask in masks.items():
-            sitk.WriteImage(mask, str(folder / f"{stems[name]}.nii.gz"), True)
+        _write_mask_files(folder, list(masks), masks.items())
+    else:
+        _write_json(folder / "classes.json", {stem: name for name, stem in stems.items()})
     if "labelmap" in formats:
         classes = list(masks) if labelmap_classes is None else list(labelmap_classes)
         labels, table = build_label_map(
@@ -235,6 +235,16 @@ def write_prediction(
     if "preview" in formats:
         rgb = render_preview(image, masks, num_slices=preview_slices)
         (folder / "preview.png").write_bytes(encode_png(rgb))
+
+
+def _write_mask_files(
+    folder: Path, names: Sequence[str], masks: Iterable[tuple[str, sitk.Image]]
+) -> None:
+    """Write ``classes.json`` and one ``<stem>.nii.gz`` per ``(name, mask)`` pair."""
+    stems = safe_file_names(names)
+    _write_json(folder / "classes.json", {stem: name for name, stem in stems.items()})
+    for name, mask in masks:
+        sitk.WriteImage(mask, str(folder / f"{stems[name]}.nii.gz"), True)
 
 
 def _write_probabilities(
@@ -407,6 +417,17 @@ def _predict_case(
     """Predict one case and move its finished folder to ``target``."""
     output_dir = target.parent
     logger.info("predicting case %s from %s", case.name, case.path)
+    if set(formats) == {"masks"}:
+        # Mask files need no other class, so each mask is written and dropped
+        # in turn instead of holding one uint8 volume per class.
+        names = list(predictor.network.class_names) if classes is None else list(classes)
+        masks = predictor.iter_masks(case.path, classes=classes, postprocess=postprocess)
+        with tempfile.TemporaryDirectory(dir=output_dir, prefix=f".{case.name}.") as temporary:
+            staging = Path(temporary) / case.name
+            staging.mkdir()
+            _write_mask_files(staging, names, masks)
+            _move_into_place(staging, target)
+        return
     # The predictor reads the file itself, so it can release the voxels
     # during the sliding window. Only the preview and the probability
     # files need the image afterwards, and read it again.
