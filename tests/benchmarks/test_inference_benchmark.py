@@ -30,9 +30,12 @@ def record(data_root, tmp_path_factory):
         "--arms",
         "partialseg",
         "partialseg-fp32",
+        "partialseg-files",
         "monai",
         "--skip",
         "monai:1",
+        "--skip",
+        "partialseg-files:1",
         "--threads",
         "1",
         "--output",
@@ -55,6 +58,7 @@ def test_every_arm_ran(record):
         ("partialseg-fp32", 1),
         ("partialseg", 3),
         ("partialseg-fp32", 3),
+        ("partialseg-files", 3),
         ("monai", 3),
     ]
     assert not [result for result in data["results"] if "error" in result]
@@ -67,6 +71,8 @@ def test_arms_agree_with_partialseg(record):
         for result in data["results"]
     }
     assert agreement[("partialseg-fp32", 3)] > 0.9999
+    # The files arm runs the same prediction and writes what it returns.
+    assert agreement[("partialseg-files", 3)] == 1.0
     # MONAI places its windows differently, so voxels near 0.5 can differ.
     assert agreement[("monai", 3)] > 0.9
 
