@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -161,3 +165,27 @@ def test_interrupt_exits_130_without_traceback(monkeypatch, capsys):
     error = capsys.readouterr().err
     assert "partialseg predict: interrupted" in error
     assert "Traceback" not in error
+
+
+def test_sigterm_removes_new_output_folder(model_folder, small_ct, tmp_path):
+    # A 1.5 mm network grid makes the prediction take seconds, long enough to
+    # terminate it after the output folder is made and before the case is written.
+    network = from_pretrained(model_folder)
+    network.preprocessing.spacing = (1.5, 1.5, 1.5)
+    slow_model = tmp_path / "slow_model"
+    save_pretrained(network, slow_model, model_card=False)
+    image = tmp_path / "ct.nii.gz"
+    sitk.WriteImage(small_ct, str(image))
+    output = tmp_path / "predictions"
+    command = [sys.executable, "-m", "partialseg", "predict", "-i", str(image)]
+    command += ["-o", str(output), "-m", str(slow_model), "--device", "cpu", "--no-progress"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not output.exists() and process.poll() is None:
+        assert time.monotonic() < deadline, "the prediction never started"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    _, error = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, error
+    assert not output.exists()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from partialseg import __version__
@@ -308,10 +310,18 @@ def _configure_logging(*, verbose: bool) -> None:
     )
 
 
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``partialseg`` command and return its exit status."""
     args = build_parser().parse_args(argv)
     _configure_logging(verbose=args.verbose)
+    if args.command == "predict" and threading.current_thread() is threading.main_thread():
+        # SIGTERM would end the process without unwinding, leaving the output
+        # folder and a staged case behind; as an exception the cleanup runs.
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(args.handler(args) or 0)
     except (ValueError, TypeError, OSError, WeightsMismatchError) as error:
