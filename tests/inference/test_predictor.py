@@ -308,3 +308,16 @@ def test_iter_masks_equals_predict(unet, ct):
 def test_iter_masks_checks_classes_before_iterating(unet, ct):
     with pytest.raises(ValueError, match="unknown class name"):
         Predictor(unet, progress=False).iter_masks(ct, classes=["D09/nothing"])
+
+
+def test_dense_windows_logged(unet, ct, caplog):
+    with caplog.at_level("WARNING", logger="partialseg.inference.predictor"):
+        Predictor(unet, progress=False, step_size=0.1).predict(ct)
+    assert "step_size=0.1 places" in caplog.text
+    assert "times as many as step_size=0.5" in caplog.text
+
+
+def test_usual_windows_not_logged(unet, ct, caplog):
+    with caplog.at_level("WARNING", logger="partialseg.inference.predictor"):
+        Predictor(unet, progress=False, step_size=0.25).predict(ct)
+    assert caplog.text == ""

@@ -271,6 +271,7 @@ class Predictor:
         grid = WindowGrid.build(
             volume.shape, preprocessing.patch_size, step_size=self.step_size, gaussian=self.gaussian
         )
+        _warn_about_dense_windows(grid, self.step_size)
         geometry = _Geometry.of(original)
         resampler = OriginalGridResampler(
             axis_maps(original, network_grid, padding),
@@ -455,6 +456,22 @@ def _pad_to_patch(
     air = float(preprocessing.normalize(np.array([preprocessing.ct_clip[0]]))[0])
     padded = np.pad(volume, widths, mode="constant", constant_values=air)
     return padded, (before[0], before[1], before[2])
+
+
+def _warn_about_dense_windows(grid: WindowGrid, step_size: float) -> None:
+    """Log a warning when ``step_size`` makes many times more windows than the usual 0.5."""
+    if step_size >= 0.5:
+        return
+    usual = len(WindowGrid.build(grid.shape, grid.patch_size, step_size=0.5))
+    if len(grid) >= 8 * usual:
+        logger.warning(
+            "step_size=%s places %d windows, %.0f times as many as step_size=0.5 (%d); "
+            "prediction takes that much longer",
+            step_size,
+            len(grid),
+            len(grid) / usual,
+            usual,
+        )
 
 
 def _mirror_combinations(mirroring: Sequence[int] | None) -> list[tuple[int, ...]]:
