@@ -8,6 +8,7 @@ import os
 import tempfile
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import SimpleITK as sitk
@@ -50,12 +51,10 @@ def read_image(path: str | os.PathLike[str]) -> sitk.Image:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"image not found: {path}")
-    if path.suffix == ".gz":
-        _check_gzip_complete(path)
-    elif path.suffix == ".nii":
+    if path.suffix == ".nii":
         _check_nifti_size(path)
-    if path.name.endswith((".nii", ".nii.gz")):
-        _check_nifti_finite(path)
+    if path.suffix in (".gz", ".nii"):
+        _check_stream(path)
     try:
         image = _read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -72,59 +71,70 @@ def read_image(path: str | os.PathLike[str]) -> sitk.Image:
     return image
 
 
-def _check_gzip_complete(path: Path, chunk_size: int = 1 << 24) -> None:
-    """Raise unless the gzip stream of ``path`` decompresses to its end.
-
-    ITK's NIfTI reader fills the missing part of a truncated ``.nii.gz`` with zeros
-    instead of failing, so the stream is checked first.
-    """
-    try:
-        with gzip.open(path, "rb") as stream:
-            while stream.read(chunk_size):
-                pass
-    except (EOFError, OSError, zlib.error) as error:
-        raise ImageReadError(
-            f"{path} is truncated or corrupt ({error}); download or export it again"
-        ) from error
-
-
 # NIfTI-1 datatype codes of floating-point voxels and their numpy types.
 _NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}
 
 
-def _check_nifti_finite(path: Path, chunk_size: int = 1 << 24) -> None:
-    """Raise if a floating-point NIfTI-1 file stores NaN or infinite voxel values.
+def _check_stream(path: Path, chunk_size: int = 1 << 24) -> None:
+    """Read a file once: a gzip stream must decompress to its end, NIfTI floats must be finite.
 
-    ITK's NIfTI reader (SimpleITK 2.5) returns such voxels as 0, so they would
-    be misread without an error; the raw voxel data is scanned instead.
+    ITK's NIfTI reader (SimpleITK 2.5) fills the missing part of a truncated
+    ``.nii.gz`` with zeros and returns NaN and infinite voxels as 0, so neither
+    raises an error there.
     """
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as stream:
-        header = stream.read(348)
-        if len(header) < 348:
-            return
-        order = "<" if np.frombuffer(header[:4], "<i4")[0] == 348 else ">"
-        datatype = int(np.frombuffer(header[70:72], f"{order}i2")[0])
-        if datatype not in _NIFTI_FLOAT_TYPES:
-            return
-        dtype = np.dtype(order + _NIFTI_FLOAT_TYPES[datatype])
-        offset = int(np.frombuffer(header[108:112], f"{order}f4")[0])
-        stream.read(max(offset - 348, 0))
-        nan_count = infinite_count = 0
-        remainder = b""
-        while chunk := stream.read(chunk_size):
-            chunk = remainder + chunk
-            usable = len(chunk) - len(chunk) % dtype.itemsize
-            values = np.frombuffer(chunk[:usable], dtype)
-            nan_count += int(np.isnan(values).sum())
-            infinite_count += int(np.isinf(values).sum())
-            remainder = chunk[usable:]
-    if nan_count or infinite_count:
+    compressed = path.suffix == ".gz"
+    try:
+        with (gzip.open if compressed else open)(path, "rb") as stream:
+            header = stream.read(348)
+            is_nifti = path.name.endswith((".nii", ".nii.gz"))
+            dtype = _nifti_float_dtype(header) if is_nifti else None
+            if dtype is not None:
+                nan_count, infinite_count = _count_non_finite(stream, header, dtype, chunk_size)
+            elif compressed:
+                while stream.read(chunk_size):
+                    pass
+    except (EOFError, OSError, zlib.error) as error:
+        if not compressed:
+            raise
+        raise ImageReadError(
+            f"{path} is truncated or corrupt ({error}); download or export it again"
+        ) from error
+    if dtype is not None and (nan_count or infinite_count):
         raise ImageReadError(
             f"{path} contains {nan_count} NaN and {infinite_count} infinite voxels, which "
             "SimpleITK would read as 0; replace them (for example with -1024 HU, air) and "
             "save the image again"
         )
+
+
+def _nifti_float_dtype(header: bytes) -> np.dtype | None:
+    """Return the numpy dtype of a NIfTI-1 header's voxels if they are floats, else None."""
+    if len(header) < 348:
+        return None
+    order = "<" if np.frombuffer(header[:4], "<i4")[0] == 348 else ">"
+    datatype = int(np.frombuffer(header[70:72], f"{order}i2")[0])
+    if datatype not in _NIFTI_FLOAT_TYPES:
+        return None
+    return np.dtype(order + _NIFTI_FLOAT_TYPES[datatype])
+
+
+def _count_non_finite(
+    stream: BinaryIO, header: bytes, dtype: np.dtype, chunk_size: int
+) -> tuple[int, int]:
+    """Count the NaN and infinite voxels after the header, reading ``stream`` to its end."""
+    order = dtype.str[0]
+    offset = int(np.frombuffer(header[108:112], f"{order}f4")[0])
+    stream.read(max(offset - 348, 0))
+    nan_count = infinite_count = 0
+    remainder = b""
+    while chunk := stream.read(chunk_size):
+        chunk = remainder + chunk
+        usable = len(chunk) - len(chunk) % dtype.itemsize
+        values = np.frombuffer(chunk[:usable], dtype)
+        nan_count += int(np.isnan(values).sum())
+        infinite_count += int(np.isinf(values).sum())
+        remainder = chunk[usable:]
+    return nan_count, infinite_count
 
 
 def _check_nifti_size(path: Path) -> None:

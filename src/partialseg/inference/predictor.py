@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import math
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Literal, overload
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from partialseg.data.preprocessing import Preprocessing, resample_image
+from partialseg.inference._gaussian import window_starts
 from partialseg.inference._grid import OriginalGridResampler, axis_maps
 from partialseg.inference._logits import LogitSource
 from partialseg.inference.inputs import ImageInput, load_image
@@ -223,7 +225,7 @@ class Predictor:
 
         The sliding window runs before this method returns. Each mask is
         unpacked only when the iterator reaches it, so a caller that writes and
-        drops every mask holds one uint8 volume at a time instead of one per
+        drops every mask keeps one uint8 volume at a time instead of one per
         class. Arguments and errors are those of :meth:`predict`.
 
         Returns:
@@ -462,7 +464,10 @@ def _warn_about_dense_windows(grid: WindowGrid, step_size: float) -> None:
     """Log a warning when ``step_size`` makes many times more windows than the usual 0.5."""
     if step_size >= 0.5:
         return
-    usual = len(WindowGrid.build(grid.shape, grid.patch_size, step_size=0.5))
+    usual = math.prod(
+        len(window_starts(size, patch, 0.5))
+        for size, patch in zip(grid.shape, grid.patch_size, strict=True)
+    )
     if len(grid) >= 8 * usual:
         logger.warning(
             "step_size=%s places %d windows, %.0f times as many as step_size=0.5 (%d); "

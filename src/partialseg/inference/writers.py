@@ -21,13 +21,14 @@ its final place and renamed when complete, so a case folder is never half writte
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -327,18 +328,19 @@ def predict_to_folder(
                 "existing='overwrite' (on the command line: --existing skip or overwrite)"
             )
 
+    predict_case = functools.partial(
+        _predict_case,
+        predictor,
+        classes=classes,
+        formats=formats,
+        labelmap_classes=labelmap_classes,
+        overlap_policy=overlap_policy,
+        postprocess=postprocess,
+        preview_slices=preview_slices,
+    )
     try:
         return _predict_cases(
-            predictor,
-            cases,
-            output_dir,
-            classes=classes,
-            formats=formats,
-            labelmap_classes=labelmap_classes,
-            overlap_policy=overlap_policy,
-            postprocess=postprocess,
-            existing=existing,
-            preview_slices=preview_slices,
+            cases, output_dir, predict_case, existing=existing, progress=predictor.progress
         )
     finally:
         # A folder made here that received no case is removed, so a failed
@@ -348,42 +350,24 @@ def predict_to_folder(
 
 
 def _predict_cases(
-    predictor: Predictor,
     cases: Sequence[Case],
     output_dir: Path,
+    predict_case: Callable[[Case, Path], None],
     *,
-    classes: Sequence[str] | None,
-    formats: Sequence[str],
-    labelmap_classes: Sequence[str] | None,
-    overlap_policy: OverlapPolicy,
-    postprocess: str | Sequence[str] | None,
     existing: str,
-    preview_slices: int,
+    progress: bool,
 ) -> list[Path]:
-    needs_probabilities = bool(
-        {"probabilities", "probabilities_npz"} & set(formats) or overlap_policy == "largest-prob"
-    )
+    """Run ``predict_case(case, target)`` for every case, logging how far a failed run got."""
     written = []
     for number, case in enumerate(
-        tqdm(cases, disable=not predictor.progress, unit="case", desc="cases"), start=1
+        tqdm(cases, disable=not progress, unit="case", desc="cases"), start=1
     ):
         target = output_dir / case.name
         if target.exists() and existing == "skip":
             logger.info("skipping case %s: %s exists", case.name, target)
             continue
         try:
-            _predict_case(
-                predictor,
-                case,
-                target,
-                classes=classes,
-                formats=formats,
-                labelmap_classes=labelmap_classes,
-                overlap_policy=overlap_policy,
-                postprocess=postprocess,
-                needs_probabilities=needs_probabilities,
-                preview_slices=preview_slices,
-            )
+            predict_case(case, target)
         except Exception:
             if len(cases) > 1:
                 logger.error(
@@ -411,11 +395,13 @@ def _predict_case(
     labelmap_classes: Sequence[str] | None,
     overlap_policy: OverlapPolicy,
     postprocess: str | Sequence[str] | None,
-    needs_probabilities: bool,
     preview_slices: int,
 ) -> None:
     """Predict one case and move its finished folder to ``target``."""
     output_dir = target.parent
+    needs_probabilities = bool(
+        {"probabilities", "probabilities_npz"} & set(formats) or overlap_policy == "largest-prob"
+    )
     logger.info("predicting case %s from %s", case.name, case.path)
     if set(formats) == {"masks"}:
         # Mask files need no other class, so each mask is written and dropped
