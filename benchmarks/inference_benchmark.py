@@ -10,7 +10,7 @@ uint8 mask per class on the input grid:
 - ``partialseg-fp32``: the same with a float32 accumulator.
 - ``partialseg-files``: ``predict_to_folder`` as ``partialseg predict`` runs
   it, from an uncompressed NIfTI copy of the input to one ``.nii.gz`` mask file
-  per class. It writes each mask as it is unpacked, so it never holds all of
+  per class. It writes each mask as it is unpacked, so it never keeps all of
   them; its time includes reading the input and compressing the mask files.
 - ``monai``: the same resampling and normalisation, then MONAI's
   ``sliding_window_inference`` (stitching on the CPU), an in-place sigmoid, and

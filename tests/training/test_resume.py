@@ -230,8 +230,8 @@ def test_resume_accepts_same_dataset_by_absolute_path(
     (tmp_path / "Dataset001_Liver").mkdir()
     monkeypatch.chdir(tmp_path)
     saved = TrainingConfig(datasets=["Dataset001_Liver"], output_dir="run").to_dict()
-    given = TrainingConfig(datasets=[str(tmp_path / "Dataset001_Liver")], output_dir="run")
-    check_resumable("TrainingConfig", saved, given, source="run")
+    resumed = TrainingConfig(datasets=[str(tmp_path / "Dataset001_Liver")], output_dir="run")
+    check_resumable("TrainingConfig", saved, resumed, source="run")
 
 
 def test_resume_rejects_other_dataset_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -239,6 +239,6 @@ def test_resume_rejects_other_dataset_path(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.chdir(tmp_path)
     saved = TrainingConfig(datasets=["Dataset001_Liver"], output_dir="run").to_dict()
-    given = TrainingConfig(datasets=[str(tmp_path / "Dataset002_Spleen")], output_dir="run")
+    resumed = TrainingConfig(datasets=[str(tmp_path / "Dataset002_Spleen")], output_dir="run")
     with pytest.raises(ValueError, match="datasets: saved"):
-        check_resumable("TrainingConfig", saved, given, source="run")
+        check_resumable("TrainingConfig", saved, resumed, source="run")

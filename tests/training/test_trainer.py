@@ -196,9 +196,9 @@ def test_extra_feature_stages_logged(caplog: pytest.LogCaptureFixture) -> None:
     )
     with caplog.at_level("WARNING", logger="partialseg.training.network"):
         model_args = _plan_topology(preprocessing, [4, 8, 16, 32, 64, 128])
-    kept = model_args["features_per_stage"]
-    assert len(kept) < 6
-    assert f"using {kept}" in caplog.text
+    used_features = model_args["features_per_stage"]
+    assert len(used_features) < 6
+    assert f"using {used_features}" in caplog.text
     assert "lists 6 stages" in caplog.text
 
 

@@ -319,8 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _configure_logging(verbose=args.verbose)
     if args.command == "predict" and threading.current_thread() is threading.main_thread():
-        # SIGTERM would end the process without unwinding, leaving the output
-        # folder and a staged case behind; as an exception the cleanup runs.
+        # SIGTERM would end the process without unwinding and leave the output
+        # folder and a staged case behind. Raised as SystemExit, it runs the cleanup.
         signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(args.handler(args) or 0)

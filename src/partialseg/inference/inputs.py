@@ -226,10 +226,10 @@ def _case_name(path: Path) -> str:
 
 
 def _has_dicom_series(folder: Path) -> bool:
-    # GDCM prints a warning for every folder without a series; the answer is enough here.
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    # GDCM prints a warning for every folder without a series, which is no error here.
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
         return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
     finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)

@@ -275,15 +275,15 @@ _PATH_FIELDS = frozenset({"datasets", "pretrained"})
 """Configuration fields holding paths, equal on resume when they name the same folders."""
 
 
-def _same_paths(saved: Any, given: Any) -> bool:
+def _same_paths(saved: Any, current: Any) -> bool:
     """Return whether two path fields name the same files, relative paths taken from the cwd."""
-    if isinstance(saved, str) and isinstance(given, str):
-        saved, given = [saved], [given]
-    if not (isinstance(saved, list) and isinstance(given, list)) or len(saved) != len(given):
+    if isinstance(saved, str) and isinstance(current, str):
+        saved, current = [saved], [current]
+    if not (isinstance(saved, list) and isinstance(current, list)) or len(saved) != len(current):
         return False
     return all(
         isinstance(a, str) and isinstance(b, str) and Path(a).resolve() == Path(b).resolve()
-        for a, b in zip(saved, given, strict=True)
+        for a, b in zip(saved, current, strict=True)
     )
 
 

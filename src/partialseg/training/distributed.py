@@ -107,10 +107,10 @@ def close_distributed(context: DistributedContext) -> None:
         >>> close_distributed(init_distributed("cpu"))
     """
     if context.owns_process_group and dist.is_initialized():
-        # Without the barrier a rank that finishes first destroys its gloo
-        # group while rank 0 still writes the model; that rank then aborted
-        # at exit ("terminate called without an active exception") in one
-        # test run of 2 processes with torch 2.14.
+        # Without the barrier, a rank that finishes first destroys its gloo
+        # group while rank 0 still writes the model. In one 2-process test run
+        # (torch 2.14) that rank then aborted at exit with "terminate called
+        # without an active exception".
         dist.barrier()
         dist.destroy_process_group()
 
